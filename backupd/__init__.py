@@ -1,0 +1,1 @@
+"""The backup worker of one backup host."""

@@ -1,0 +1,308 @@
+"""One backup of one job: clone the parent revision, write only changed blocks, verify, commit.
+
+There is no full/differential choice: without a usable parent the clone is
+an empty sparse file and every block with data counts as changed.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import xxhash
+
+from backupd import extents
+from backupd.sources.base import Snapshot, SourceDriver
+from backupd.verify import VerifyLimits, verify_against_source
+from lifeboat import clock
+from lifeboat.errors import ResourceExhausted
+from lifeboat.manifest import ALGORITHM, DEFAULT_BLOCK_SIZE, DIGEST_SIZE, Manifest, zero_digest
+from lifeboat.model import Job
+from lifeboat.repository import JobDirectory, RevisionMeta
+from lifeboat.sparse import punch_hole
+
+CHUNK_SIZE = 4 * 1024 * 1024
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    block_size: int = DEFAULT_BLOCK_SIZE
+    chunk_size: int = CHUNK_SIZE
+    verify: VerifyLimits = field(default_factory=VerifyLimits)
+
+
+@dataclass
+class WriteStats:
+    bytes_read: int = 0
+    bytes_written: int = 0
+    blocks_changed: int = 0
+
+    def as_dict(self, duration: float, full: bool) -> dict[str, object]:
+        return {
+            "bytes-read": self.bytes_read,
+            "bytes-written": self.bytes_written,
+            "blocks-changed": self.blocks_changed,
+            "duration": round(duration, 3),
+            "full": full,
+        }
+
+
+def usable_parent(job_dir: JobDirectory) -> RevisionMeta | None:
+    """The newest revision, if it can be trusted as the base of a differential backup."""
+    newest = job_dir.last()
+    if newest is None or not newest.good:
+        return None
+    if newest.verification.get("state") == "failed":
+        return None
+    if not job_dir.image_path(newest.id).exists() or not job_dir.sums_path(newest.id).exists():
+        return None
+    return newest
+
+
+def resized(manifest: Manifest, size: int) -> Manifest:
+    """The parent's manifest for an image of `size` bytes; the last common block is re-read."""
+    if size == manifest.size:
+        return manifest.copy()
+    result = Manifest(manifest.block_size, size)
+    common_blocks = min(manifest.size, size) // manifest.block_size
+    result.set_digest_range(0, manifest.digest_range(0, common_blocks))
+    return result
+
+
+def scan_extents(
+    snapshot: Snapshot, parent: RevisionMeta | None, block_size: int
+) -> list[extents.Extent]:
+    """Block-aligned extents to compare: what the source says changed, or everything."""
+    size = snapshot.size
+    changed = snapshot.changed_extents() if parent is not None else None
+    if changed is None:
+        return extents.align([(0, size)], block_size, size)
+    assert parent is not None
+    if parent.size != size:
+        common = min(parent.size, size)
+        changed = [*changed, (common - common % block_size, size)]
+    return extents.align(extents.clip(changed, 0, size), block_size, size)
+
+
+class BlockWriter:
+    """Compares chunks of the source with the manifest and writes the blocks that differ."""
+
+    def __init__(self, fd: int, manifest: Manifest, stats: WriteStats) -> None:
+        self.fd = fd
+        self.manifest = manifest
+        self.stats = stats
+        self.block_size = manifest.block_size
+
+    def apply_zeros(self, offset: int, length: int) -> None:
+        """The source holds only zeros here: punch holes where the image had data."""
+        first, count = offset // self.block_size, self._blocks(length)
+        wanted = self._zero_digests(first, count)
+        if self.manifest.digest_range(first, count) == wanted:
+            return
+        old = self.manifest.digest_range(first, count)
+        for run_start, run_count in _differing_runs(old, wanted):
+            start = (first + run_start) * self.block_size
+            end = min((first + run_start + run_count) * self.block_size, self.manifest.size)
+            punch_hole(self.fd, start, end - start)
+            self.stats.blocks_changed += run_count
+        self.manifest.set_digest_range(first, wanted)
+
+    def apply_data(self, offset: int, data: memoryview) -> None:
+        """`data` holds whole blocks of the source starting at block-aligned `offset`."""
+        first, count = offset // self.block_size, self._blocks(len(data))
+        bs = self.block_size
+        digest = xxhash.xxh3_128_digest
+        new = b"".join(digest(data[i * bs : (i + 1) * bs]) for i in range(count))
+        old = self.manifest.digest_range(first, count)
+        if new == old:
+            return
+        zeros = self._zero_digests(first, count)
+        for run_start, run_count in _differing_runs(old, new):
+            self._write_run(offset, data, new, zeros, run_start, run_count)
+        self.manifest.set_digest_range(first, new)
+
+    def _write_run(
+        self, offset: int, data: memoryview, new: bytes, zeros: bytes, start: int, count: int
+    ) -> None:
+        """Write blocks [start, start+count) of the chunk, punching holes for zero blocks."""
+        bs = self.block_size
+        for piece_start, piece_count, is_zero in _zero_runs(new, zeros, start, count):
+            lo, hi = piece_start * bs, min((piece_start + piece_count) * bs, len(data))
+            if is_zero:
+                punch_hole(self.fd, offset + lo, hi - lo)
+            else:
+                _write_all(self.fd, data[lo:hi], offset + lo)
+                self.stats.bytes_written += hi - lo
+        self.stats.blocks_changed += count
+
+    def _blocks(self, length: int) -> int:
+        return -(-length // self.block_size)
+
+    def _zero_digests(self, first: int, count: int) -> bytes:
+        lengths = (self.manifest.block_length(first + i) for i in range(count))
+        return b"".join(zero_digest(length) for length in lengths)
+
+
+def _differing_runs(old: bytes, new: bytes) -> list[tuple[int, int]]:
+    """Runs (first block, count) where the digests differ."""
+    runs: list[tuple[int, int]] = []
+    for index in range(len(new) // DIGEST_SIZE):
+        at = index * DIGEST_SIZE
+        if old[at : at + DIGEST_SIZE] == new[at : at + DIGEST_SIZE]:
+            continue
+        if runs and runs[-1][0] + runs[-1][1] == index:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((index, 1))
+    return runs
+
+
+def _zero_runs(new: bytes, zeros: bytes, start: int, count: int) -> list[tuple[int, int, bool]]:
+    """Split blocks [start, start+count) into runs of all-zero and data blocks."""
+    runs: list[tuple[int, int, bool]] = []
+    for index in range(start, start + count):
+        at = index * DIGEST_SIZE
+        is_zero = new[at : at + DIGEST_SIZE] == zeros[at : at + DIGEST_SIZE]
+        if runs and runs[-1][2] == is_zero:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1, is_zero)
+        else:
+            runs.append((index, 1, is_zero))
+    return runs
+
+
+def _write_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
+
+
+class _DataIndex:
+    """Which parts of the source may hold data, for fast chunk lookups."""
+
+    def __init__(self, data: Sequence[extents.Extent]) -> None:
+        self.starts = [start for start, _ in data]
+        self.data = list(data)
+
+    def overlaps(self, offset: int, length: int) -> bool:
+        index = bisect.bisect_right(self.starts, offset + length - 1) - 1
+        if index < 0:
+            return False
+        start, data_length = self.data[index]
+        return start + data_length > offset
+
+
+def copy_changes(
+    snapshot: Snapshot,
+    fd: int,
+    manifest: Manifest,
+    scan: list[extents.Extent],
+    settings: BackupSettings,
+    progress: Progress,
+    check_cancelled: Callable[[], None],
+) -> WriteStats:
+    """Bring the image behind `fd` (and `manifest`) up to date with `snapshot` over `scan`."""
+    stats = WriteStats()
+    writer = BlockWriter(fd, manifest, stats)
+    data = _DataIndex(
+        extents.align(
+            [
+                piece
+                for start, length in scan
+                for piece in snapshot.data_extents(start, start + length)
+            ],
+            manifest.block_size,
+            manifest.size,
+        )
+    )
+    buffer = memoryview(bytearray(settings.chunk_size))
+    total, done = extents.total(scan), 0
+    for offset, length in extents.split(scan, settings.chunk_size):
+        check_cancelled()
+        if data.overlaps(offset, length):
+            snapshot.read_into(offset, buffer[:length])
+            stats.bytes_read += length
+            writer.apply_data(offset, buffer[:length])
+        else:
+            writer.apply_zeros(offset, length)
+        done += length
+        progress(done, total)
+    return stats
+
+
+def back_up(
+    job_dir: JobDirectory,
+    job: Job,
+    tags: Sequence[str],
+    driver: SourceDriver,
+    settings: BackupSettings,
+    progress: Progress,
+    check_cancelled: Callable[[], None],
+    on_step: Callable[[str], None] | None = None,
+) -> RevisionMeta:
+    """Write one new revision of `job`. The caller holds the job's lock."""
+    started = time.monotonic()
+    parent = usable_parent(job_dir)
+    revision_id = job_dir.new_revision_id()
+    writer = job_dir.begin(revision_id)
+    try:
+        with driver.snapshot(revision_id, parent.id if parent else None) as snapshot:
+            writer.start_from(parent, snapshot.size)
+            manifest = (
+                resized(Manifest.read(job_dir.sums_path(parent.id)), snapshot.size)
+                if parent is not None
+                else Manifest(settings.block_size, snapshot.size)
+            )
+            scan = scan_extents(snapshot, parent, manifest.block_size)
+            fd = os.open(writer.image_tmp_path, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                stats = copy_changes(
+                    snapshot, fd, manifest, scan, settings, progress, check_cancelled
+                )
+                os.fsync(fd)
+                verification = verify_against_source(snapshot, fd, manifest, settings.verify)
+            finally:
+                os.close(fd)
+        meta = RevisionMeta(
+            id=revision_id,
+            job=job.name,
+            timestamp=clock.now(),
+            parent=parent.id if parent else None,
+            tags=sorted(set(tags)),
+            size=manifest.size,
+            block_size=manifest.block_size,
+            checksum=ALGORITHM,
+            trust="distrusted" if verification["state"] == "failed" else "trusted",
+            source=source_description(job),
+            stats=stats.as_dict(time.monotonic() - started, full=parent is None),
+            verification=verification,
+        )
+        return writer.commit(meta, manifest, on_step)
+    except OSError as error:
+        writer.abort()
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ResourceExhausted(
+                f"repository filesystem is full while writing {job.name}/{revision_id}; "
+                "the partial revision was removed"
+            ) from None
+        raise
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def source_description(job: Job) -> dict[str, object]:
+    """The job's source as recorded in `.rev` and `job.yaml`."""
+    source = job.source
+    if source.type == "file":
+        return {"type": "file", "path": source.path}  # type: ignore[union-attr]
+    return {
+        "type": source.type,
+        "pool": source.pool,  # type: ignore[union-attr]
+        "image": source.image,  # type: ignore[union-attr]
+    }

@@ -1,0 +1,124 @@
+"""BackupService glue: unpack the request, call the worker, pack the response."""
+
+from __future__ import annotations
+
+import grpc
+
+from backupd.worker import BackupWorker, JobStatus
+from lifeboat import clock, convert
+from lifeboat.errors import InvalidArgument
+from lifeboat.repository import RevisionMeta
+from lifeboat.v1 import backup_pb2 as pb
+from lifeboat.v1 import backup_pb2_grpc as pb_grpc
+from lifeboat.v1 import resources_pb2
+
+
+def _required(value: str, field: str) -> str:
+    if not value:
+        raise InvalidArgument(field, "required")
+    return value
+
+
+class BackupServicer(pb_grpc.BackupServiceServicer):
+    def __init__(self, worker: BackupWorker) -> None:
+        self.worker = worker
+
+    def _revision(self, meta: RevisionMeta) -> resources_pb2.Revision:
+        path = self.worker.repository.job(meta.job).image_path(meta.id)
+        return convert.revision_to_pb(meta, str(path))
+
+    def _status(self, status: JobStatus) -> resources_pb2.JobStatus:
+        message = resources_pb2.JobStatus(
+            job=status.job,
+            last_error=status.last_error,
+            last_error_time=convert.timestamp(status.last_error_time),
+            revision_count=status.revision_count,
+            bytes_used=status.bytes_used,
+        )
+        if status.last_revision is not None:
+            message.last_revision.CopyFrom(self._revision(status.last_revision))
+        if status.last_good_revision is not None:
+            message.last_good_revision.CopyFrom(self._revision(status.last_good_revision))
+        if status.running is not None:
+            message.running_operation.CopyFrom(convert.operation_to_pb(status.running))
+        for tag, when in status.last_tag_times.items():
+            message.last_tag_times[tag].FromDatetime(when)
+        return message
+
+    async def StartBackup(
+        self, request: pb.StartBackupRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StartBackupResponse:
+        job = convert.job_from_pb(request.job)
+        record, started = self.worker.start_backup(job, list(request.tags))
+        return pb.StartBackupResponse(operation=convert.operation_to_pb(record), started=started)
+
+    async def ListRevisions(
+        self, request: pb.ListRevisionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListRevisionsResponse:
+        revisions = self.worker.list_revisions(_required(request.job, "job"))
+        return pb.ListRevisionsResponse(revisions=[self._revision(m) for m in revisions])
+
+    async def GetRevision(
+        self, request: pb.GetRevisionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetRevisionResponse:
+        meta = self.worker.get_revision(_required(request.job, "job"), request.revision_id)
+        return pb.GetRevisionResponse(revision=self._revision(meta))
+
+    async def DeleteRevision(
+        self, request: pb.DeleteRevisionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteRevisionResponse:
+        self.worker.delete_revision(
+            _required(request.job, "job"), _required(request.revision_id, "revision_id")
+        )
+        return pb.DeleteRevisionResponse()
+
+    async def UpdateRevisionTags(
+        self, request: pb.UpdateRevisionTagsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateRevisionTagsResponse:
+        meta = self.worker.update_tags(
+            _required(request.job, "job"),
+            _required(request.revision_id, "revision_id"),
+            list(request.add_tags),
+            list(request.remove_tags),
+        )
+        return pb.UpdateRevisionTagsResponse(revision=self._revision(meta))
+
+    async def VerifyRevision(
+        self, request: pb.VerifyRevisionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.VerifyRevisionResponse:
+        record = self.worker.start_verify(_required(request.job, "job"), request.revision_id)
+        return pb.VerifyRevisionResponse(operation=convert.operation_to_pb(record))
+
+    async def GetJobStatus(
+        self, request: pb.GetJobStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetJobStatusResponse:
+        status = self.worker.job_status(_required(request.job, "job"))
+        return pb.GetJobStatusResponse(status=self._status(status))
+
+    async def ListJobStatuses(
+        self, request: pb.ListJobStatusesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListJobStatusesResponse:
+        return pb.ListJobStatusesResponse(
+            statuses=[self._status(s) for s in self.worker.job_statuses()]
+        )
+
+    async def GetHostStatus(
+        self, request: pb.GetHostStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetHostStatusResponse:
+        status = self.worker.host_status()
+        return pb.GetHostStatusResponse(
+            host=status.host,
+            base_dir=str(status.base_dir),
+            free_bytes=status.free_bytes,
+            total_bytes=status.total_bytes,
+            running_backups=status.running_backups,
+            worker_limit=status.worker_limit,
+            reflink=status.reflink,
+            time=convert.timestamp(clock.now()),
+        )
+
+    async def DeleteJobData(
+        self, request: pb.DeleteJobDataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteJobDataResponse:
+        count = self.worker.delete_job_data(_required(request.job, "job"), request.confirm_job)
+        return pb.DeleteJobDataResponse(revisions_deleted=count)

@@ -1,0 +1,451 @@
+"""The backup worker of one host: limits, operations, retention, job status.
+
+One backup per job at a time (an in-process map plus the job directory's
+flock), at most `worker-limit` backups per host; nothing is locked globally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime as dt
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from backupd.backup import BackupSettings, back_up, source_description
+from backupd.sources import driver_for
+from backupd.verify import VerifyLimits, verify_against_manifest
+from lifeboat import clock, retention
+from lifeboat.clone import supports_reflink
+from lifeboat.config import check_name
+from lifeboat.errors import (
+    Cancelled,
+    ConfigError,
+    FailedPrecondition,
+    InvalidArgument,
+    LifeboatError,
+    NotFound,
+    ResourceExhausted,
+)
+from lifeboat.manifest import Manifest
+from lifeboat.model import Job
+from lifeboat.operations import OperationKind, OperationRecord, OperationRegistry, OperationState
+from lifeboat.repository import JobDirectory, Repository, RevisionMeta
+
+log = logging.getLogger("lifeboat.backupd")
+
+EX_TEMPFAIL = 75
+FULL_VERIFY_LIMITS = VerifyLimits(fraction=1.0, time_limit=7 * 24 * 3600.0)
+
+
+class RetryLater(LifeboatError):
+    """The freeze hook asked to try again later (exit status 75)."""
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    host: str
+    base_dir: Path
+    worker_limit: int
+    backup: BackupSettings = field(default_factory=BackupSettings)
+
+
+@dataclass
+class JobHealth:
+    """What the worker remembers about a job between backups (not persisted)."""
+
+    last_error: str = ""
+    last_error_time: dt.datetime | None = None
+
+
+@dataclass
+class JobStatus:
+    job: str
+    last_revision: RevisionMeta | None
+    last_good_revision: RevisionMeta | None
+    running: OperationRecord | None
+    last_error: str
+    last_error_time: dt.datetime | None
+    revision_count: int
+    bytes_used: int
+    last_tag_times: dict[str, dt.datetime] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    host: str
+    base_dir: Path
+    free_bytes: int
+    total_bytes: int
+    running_backups: int
+    worker_limit: int
+    reflink: bool
+
+
+def check_tags(tags: Sequence[str], field_name: str = "tags") -> list[str]:
+    if not tags:
+        raise InvalidArgument(field_name, "at least one tag is required")
+    for tag in tags:
+        name = tag.removeprefix("manual:")
+        try:
+            check_name(name, "request", field_name)
+        except ConfigError:
+            raise InvalidArgument(field_name, f"invalid tag {tag!r}") from None
+    return sorted(set(tags))
+
+
+def run_freeze_hook(job: Job, revision_id: str) -> None:
+    """Run the job's consistency hook; 0 = go on, 75 = retry later, else fail."""
+    if job.freeze is None:
+        return
+    env = {**os.environ, "LIFEBOAT_JOB": job.name, "LIFEBOAT_REVISION": revision_id}
+    try:
+        result = subprocess.run(
+            job.freeze.command,
+            shell=True,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=job.freeze.timeout.total_seconds(),
+        )
+    except subprocess.TimeoutExpired:
+        raise FailedPrecondition(
+            f"freeze-command timed out after {job.freeze.timeout.total_seconds():.0f}s"
+        ) from None
+    output = (result.stderr or result.stdout).strip().splitlines()
+    detail = f": {output[-1]}" if output else ""
+    if result.returncode == EX_TEMPFAIL:
+        raise RetryLater(f"freeze-command asked to retry later (exit 75){detail}")
+    if result.returncode != 0:
+        raise FailedPrecondition(
+            f"freeze-command failed with exit status {result.returncode}{detail}"
+        )
+
+
+def bytes_used(job_dir: JobDirectory) -> int:
+    """Allocated bytes of the job's files (shared reflinked extents count once per file)."""
+    total = 0
+    for entry in os.scandir(job_dir.path):
+        if entry.is_file(follow_symlinks=False):
+            total += entry.stat(follow_symlinks=False).st_blocks * 512
+    return total
+
+
+class BackupWorker:
+    def __init__(self, settings: WorkerSettings, registry: OperationRegistry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.repository = Repository(settings.base_dir)
+        self.health: dict[str, JobHealth] = {}
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=64, thread_name_prefix="backupd"
+        )
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    def reconfigure(self, settings: WorkerSettings) -> None:
+        if settings.base_dir != self.settings.base_dir:
+            log.warning("base-dir changes need a restart; keeping %s", self.settings.base_dir)
+            settings = replace(settings, base_dir=self.settings.base_dir)
+        self.settings = settings
+
+    def recover_all(self) -> None:
+        """Remove leftovers of interrupted backups in every job directory."""
+        self.settings.base_dir.mkdir(parents=True, exist_ok=True)
+        for name in self.repository.job_names():
+            job_dir = self.repository.job(name)
+            try:
+                with job_dir.lock(blocking=False):
+                    removed = job_dir.recover()
+            except FailedPrecondition:
+                log.warning("job %s is locked by another process; not recovering it", name)
+                continue
+            if removed:
+                job_dir.append_log(f"recovery removed leftovers: {', '.join(removed)}")
+                log.info("job %s: recovery removed %s", name, ", ".join(removed))
+
+    # -- backups ---------------------------------------------------------------------------
+
+    def start_backup(self, job: Job, tags: Sequence[str]) -> tuple[OperationRecord, bool]:
+        """Start a backup; returns (operation, started). A running backup is returned as is."""
+        tags = check_tags(tags)
+        job_dir = self.repository.job(job.name)
+        running = self.registry.select(job=job.name, running_only=True, kind=OperationKind.BACKUP)
+        if running:
+            return running[0], False
+        busy = len(self.registry.running(OperationKind.BACKUP))
+        if busy >= self.settings.worker_limit:
+            raise ResourceExhausted(
+                f"host {self.settings.host} runs {busy} backups (worker-limit "
+                f"{self.settings.worker_limit}); try again later"
+            )
+        record = self.registry.create(OperationKind.BACKUP, job.name, tags=tuple(tags))
+        self._submit(record, self._run_backup, record, job, job_dir, tags)
+        return record, True
+
+    def _submit(self, record: OperationRecord, function: Any, *args: Any) -> None:
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.executor, self._guarded, record, function, *args)
+        self._tasks.add(future)
+        future.add_done_callback(self._tasks.discard)
+
+    def _guarded(self, record: OperationRecord, function: Any, *args: Any) -> None:
+        """Run an operation's work and record how it ended; never raises."""
+        job_dir = self.repository.job(record.job)
+        try:
+            function(*args)
+        except RetryLater as error:
+            self._fail(record, job_dir, OperationState.RETRY_LATER, str(error))
+        except Cancelled as error:
+            self._fail(record, job_dir, OperationState.CANCELLED, str(error))
+        except LifeboatError as error:
+            self._fail(record, job_dir, OperationState.FAILED, str(error))
+        except OSError as error:
+            self._fail(
+                record,
+                job_dir,
+                OperationState.FAILED,
+                f"{error.strerror or error}: {error.filename or ''}".rstrip(": "),
+            )
+        except Exception as error:
+            log.exception("%s crashed", record.name)
+            self._fail(record, job_dir, OperationState.FAILED, f"internal error: {error!r}")
+        else:
+            self.registry.finish(record, OperationState.SUCCEEDED)
+
+    def _fail(
+        self, record: OperationRecord, job_dir: JobDirectory, state: OperationState, error: str
+    ) -> None:
+        log.error("%s %s: %s", record.name, state.value, error)
+        if job_dir.path.exists():
+            job_dir.append_log(f"{record.kind.value} {state.value}: {error}")
+        if state in (OperationState.FAILED, OperationState.RETRY_LATER):
+            self.health[record.job] = JobHealth(error, clock.now())
+        self.registry.finish(record, state, error)
+
+    def _run_backup(
+        self, record: OperationRecord, job: Job, job_dir: JobDirectory, tags: list[str]
+    ) -> None:
+        job_dir.path.mkdir(parents=True, exist_ok=True)
+        with job_dir.lock(blocking=False):
+            job_dir.recover()
+            self.registry.start(record)
+            driver = driver_for(job.source)
+            job_dir.write_job_file(self._job_file(job))
+            job_dir.append_log(f"backup started: tags {','.join(tags)} from {driver.describe()}")
+            run_freeze_hook(job, record.name)
+            meta = back_up(
+                job_dir,
+                job,
+                tags,
+                driver,
+                self.settings.backup,
+                lambda done, total: self.registry.progress(record, done, total),
+                record.check_cancelled,
+            )
+            record.revision_id = meta.id
+            job_dir.append_log(self._describe_revision(meta))
+            if not meta.good:
+                raise FailedPrecondition(
+                    f"verification of revision {meta.id} FAILED at offsets "
+                    f"{meta.verification.get('mismatched-offsets')}: revision distrusted; "
+                    "the next backup will be full"
+                )
+            self._expire(job_dir, job)
+            driver.after_good_backup(meta.id)
+            self.health.pop(job.name, None)
+
+    @staticmethod
+    def _job_file(job: Job) -> dict[str, Any]:
+        return {
+            "job": job.name,
+            "host": job.host,
+            "source": source_description(job),
+            "schedule": {
+                "name": job.schedule.name,
+                "tags": {
+                    t.name: {"interval": int(t.interval.total_seconds()), "keep": t.keep}
+                    for t in job.schedule.tags
+                },
+            },
+        }
+
+    @staticmethod
+    def _describe_revision(meta: RevisionMeta) -> str:
+        stats, verification = meta.stats, meta.verification
+        kind = "full" if stats.get("full") else f"differential from {meta.parent}"
+        return (
+            f"backup wrote revision {meta.id} ({kind}): {stats.get('blocks-changed')} blocks changed, "
+            f"{stats.get('bytes-written')} bytes written in {stats.get('duration')}s; "
+            f"verification {verification.get('state')} "
+            f"({verification.get('blocks-checked')}/{verification.get('blocks-total')} blocks); "
+            f"tags {','.join(meta.tags)}"
+        )
+
+    def _expire(self, job_dir: JobDirectory, job: Job) -> None:
+        """Apply retention after a good backup."""
+        revisions = job_dir.revisions()
+        plan = retention.expire(
+            [retention.RetainedRevision(r.id, r.timestamp, frozenset(r.tags)) for r in revisions],
+            job.schedule,
+            clock.now(),
+        )
+        by_id = {r.id: r for r in revisions}
+        for revision_id, tags in plan.remove_tags.items():
+            if revision_id in plan.delete:
+                continue
+            meta = by_id[revision_id]
+            job_dir.update(replace(meta, tags=sorted(set(meta.tags) - tags)))
+            job_dir.append_log(
+                f"retention removed tags {','.join(sorted(tags))} from {revision_id}"
+            )
+        for revision_id in plan.delete:
+            job_dir.delete(revision_id)
+            job_dir.append_log(f"retention deleted revision {revision_id} (no tags left)")
+
+    # -- revisions -------------------------------------------------------------------------
+
+    def _existing_job(self, job: str) -> JobDirectory:
+        job_dir = self.repository.job(job)
+        if not job_dir.path.is_dir():
+            raise NotFound(f"job {job!r} has no revisions on host {self.settings.host}")
+        return job_dir
+
+    def list_revisions(self, job: str) -> list[RevisionMeta]:
+        return self._existing_job(job).revisions()
+
+    def get_revision(self, job: str, revision_id: str) -> RevisionMeta:
+        if not revision_id:
+            raise InvalidArgument("revision_id", "required (an id or 'last')")
+        return self._existing_job(job).revision(revision_id)
+
+    def delete_revision(self, job: str, revision_id: str) -> None:
+        job_dir = self._existing_job(job)
+        meta = self.get_revision(job, revision_id)
+        with job_dir.lock(blocking=True):
+            job_dir.delete(meta.id)
+            job_dir.append_log(f"revision {meta.id} deleted on request")
+
+    def update_tags(
+        self, job: str, revision_id: str, add: Sequence[str], remove: Sequence[str]
+    ) -> RevisionMeta:
+        if add:
+            check_tags(add, "add_tags")
+        if not add and not remove:
+            raise InvalidArgument("add_tags", "give tags to add or to remove")
+        job_dir = self._existing_job(job)
+        with job_dir.lock(blocking=True):
+            meta = job_dir.revision(revision_id)
+            tags = sorted((set(meta.tags) | set(add)) - set(remove))
+            updated = replace(meta, tags=tags)
+            job_dir.update(updated)
+            job_dir.append_log(
+                f"revision {meta.id} tags changed on request: +{','.join(add)} -{','.join(remove)}"
+            )
+        return updated
+
+    def start_verify(self, job: str, revision_id: str) -> OperationRecord:
+        meta = self.get_revision(job, revision_id or "last")
+        record = self.registry.create(OperationKind.VERIFY, job, revision_id=meta.id)
+        self._submit(record, self._run_verify, record, self._existing_job(job), meta.id)
+        return record
+
+    def _run_verify(self, record: OperationRecord, job_dir: JobDirectory, revision_id: str) -> None:
+        meta = job_dir.revision(revision_id)
+        manifest = Manifest.read(job_dir.sums_path(meta.id))
+        self.registry.start(record, manifest.size)
+        fd = os.open(job_dir.image_path(meta.id), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            result = verify_against_manifest(
+                fd,
+                manifest,
+                FULL_VERIFY_LIMITS,
+                lambda done, total: self.registry.progress(record, done, total),
+                record.check_cancelled,
+            )
+        finally:
+            os.close(fd)
+        with job_dir.lock(blocking=True):
+            current = job_dir.revision(meta.id)
+            failed = result["state"] == "failed"
+            job_dir.update(
+                replace(
+                    current, verification=result, trust="distrusted" if failed else current.trust
+                )
+            )
+        job_dir.append_log(f"verify of {meta.id} against its manifest: {result['state']}")
+        if failed:
+            raise FailedPrecondition(
+                f"revision {meta.id} does not match its manifest at offsets "
+                f"{result['mismatched-offsets']}: revision distrusted"
+            )
+
+    # -- status ----------------------------------------------------------------------------
+
+    def job_status(self, job: str) -> JobStatus:
+        job_dir = self.repository.job(job)
+        revisions = job_dir.revisions() if job_dir.path.is_dir() else []
+        running = self.registry.select(job=job, running_only=True, kind=OperationKind.BACKUP)
+        health = self.health.get(job, JobHealth())
+        tag_times: dict[str, dt.datetime] = {}
+        for meta in revisions:
+            for tag in meta.tags:
+                tag_times[tag] = max(tag_times.get(tag, meta.timestamp), meta.timestamp)
+        good = [r for r in revisions if r.good]
+        return JobStatus(
+            job=job,
+            last_revision=revisions[-1] if revisions else None,
+            last_good_revision=good[-1] if good else None,
+            running=running[0] if running else None,
+            last_error=health.last_error,
+            last_error_time=health.last_error_time,
+            revision_count=len(revisions),
+            bytes_used=bytes_used(job_dir) if job_dir.path.is_dir() else 0,
+            last_tag_times=tag_times,
+        )
+
+    def job_statuses(self) -> list[JobStatus]:
+        return [self.job_status(name) for name in self.repository.job_names()]
+
+    def host_status(self) -> HostStatus:
+        base = self.settings.base_dir
+        usage = shutil.disk_usage(base)
+        return HostStatus(
+            host=self.settings.host,
+            base_dir=base,
+            free_bytes=usage.free,
+            total_bytes=usage.total,
+            running_backups=len(self.registry.running(OperationKind.BACKUP)),
+            worker_limit=self.settings.worker_limit,
+            reflink=supports_reflink(base),
+        )
+
+    def delete_job_data(self, job: str, confirm: str) -> int:
+        if confirm != job:
+            raise InvalidArgument("confirm_job", "must repeat the job name exactly")
+        job_dir = self._existing_job(job)
+        if self.registry.select(job=job, running_only=True):
+            raise FailedPrecondition(f"job {job!r} has a running operation; cancel it first")
+        with job_dir.lock(blocking=False):
+            count = len(job_dir.revisions())
+            job_dir.append_log(f"all data of job {job} deleted on request ({count} revisions)")
+            shutil.rmtree(job_dir.path)
+        log.warning("deleted all data of job %s (%d revisions)", job, count)
+        return count
+
+    def shutdown(self) -> None:
+        for record in self.registry.select(running_only=True):
+            record.cancel_requested.set()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def load_job_file(job_dir: JobDirectory) -> dict[str, Any]:
+    path = job_dir.path / "job.yaml"
+    return yaml.safe_load(path.read_text()) if path.exists() else {}

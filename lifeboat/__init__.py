@@ -1,0 +1,1 @@
+"""Lifeboat core: configuration, repository format, schedule/retention/SLA maths, server bootstrap."""

@@ -1,0 +1,428 @@
+"""The fleet configuration: one YAML file, validated into plain types.
+
+Every problem is reported as a ConfigError naming the file, the key (dotted
+path) and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lifeboat.errors import ConfigError
+from lifeboat.model import CephRbdSource, FileSource, FreezeHook, Job, Schedule, Source, TagSpec
+
+log = logging.getLogger(__name__)
+
+CONFIG_VARIABLE = "LIFEBOAT_CONFIG"
+LOCAL_HOST = "localhost"
+DEFAULT_BACKUPD = "127.0.0.1:9411"
+DEFAULT_RESTORED = "127.0.0.1:9412"
+DEFAULT_SCHEDULER = "127.0.0.1:9410"
+DEFAULT_MONITOR = "127.0.0.1:9413"
+DEFAULT_MONITOR_HTTP = "127.0.0.1:9414"
+DEFAULT_FREEZE_TIMEOUT = dt.timedelta(minutes=5)
+MAX_NAME_LENGTH = 64
+
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+_DURATION_PART = re.compile(r"(\d+)([smhdw])")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+# Keys a backy 2.x config may carry that Lifeboat does not use; accepted so
+# such a file loads as it is.
+_BACKY_IGNORED_GLOBAL = {
+    "status-file",
+    "status-interval",
+    "telnet_port",
+    "backup-completed-callback",
+}
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    name: str
+    backupd: str
+    restored: str
+    base_dir: Path
+    worker_limit: int
+    restore_targets: tuple[str, ...]
+    restore_limit: int
+
+
+@dataclass(frozen=True)
+class GlobalConfig:
+    base_dir: Path
+    worker_limit: int
+    restore_limit: int
+    restore_targets: tuple[str, ...]
+    restore_within: dt.timedelta | None
+    sla_factor: float
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    global_: GlobalConfig
+    scheduler_listen: str
+    monitor_listen: str
+    monitor_http: str
+    hosts: Mapping[str, HostConfig]
+    schedules: Mapping[str, Schedule]
+    jobs: Mapping[str, Job] = field(default_factory=dict)
+
+    def host(self, name: str) -> HostConfig:
+        try:
+            return self.hosts[name]
+        except KeyError:
+            raise ConfigError(self.path, "hosts", f"no host named {name!r}") from None
+
+    def jobs_on(self, host: str) -> list[Job]:
+        return [job for job in self.jobs.values() if job.host == host]
+
+
+def parse_duration(text: object, path: str, key: str) -> dt.timedelta:
+    """Parse "90m", "1d", "1h30m" or a number of seconds."""
+    if isinstance(text, bool):
+        raise ConfigError(path, key, f"expected a duration like 1h or 30m, got {text!r}")
+    if isinstance(text, int | float):
+        seconds = float(text)
+    else:
+        value = str(text).strip()
+        parts = _DURATION_PART.findall(value)
+        if not value or "".join(n + u for n, u in parts) != value:
+            raise ConfigError(path, key, f"expected a duration like 1h or 30m, got {text!r}")
+        seconds = sum(int(n) * _DURATION_UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise ConfigError(path, key, f"must be positive, got {text!r}")
+    return dt.timedelta(seconds=seconds)
+
+
+def format_duration(value: dt.timedelta) -> str:
+    """The inverse of parse_duration for whole seconds: 90 minutes -> "1h30m"."""
+    seconds = int(value.total_seconds())
+    text = ""
+    for unit, size in sorted(_DURATION_UNITS.items(), key=lambda item: -item[1]):
+        count, seconds = divmod(seconds, size)
+        if count:
+            text += f"{count}{unit}"
+    return text or "0s"
+
+
+def check_name(name: object, path: str, key: str) -> str:
+    """A job, host or schedule name: safe as a directory name."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(path, key, "name must be a non-empty string")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ConfigError(path, key, f"name longer than {MAX_NAME_LENGTH} characters")
+    if not _NAME_PATTERN.match(name) or name in (".", ".."):
+        raise ConfigError(
+            path, key, "name may hold letters, digits, '.', '_', '-' and not start with '.' or '-'"
+        )
+    return name
+
+
+class _Reader:
+    """Typed access to one mapping of the YAML document, with errors naming the key."""
+
+    def __init__(self, path: str, key: str, data: object) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(path, key or "(top level)", "expected a mapping")
+        self.path = path
+        self.key = key
+        self.data: Mapping[str, Any] = data
+
+    def child_key(self, name: str) -> str:
+        return f"{self.key}.{name}" if self.key else name
+
+    def reject_unknown(self, allowed: set[str], ignored: frozenset[str] = frozenset()) -> None:
+        for name in self.data:
+            if name in ignored:
+                log.info("%s: %s is a backy setting that Lifeboat ignores", self.path, name)
+            elif name not in allowed:
+                known = ", ".join(sorted(allowed))
+                raise ConfigError(
+                    self.path, self.child_key(str(name)), f"unknown key (known: {known})"
+                )
+
+    def mapping(self, name: str) -> _Reader:
+        return _Reader(self.path, self.child_key(name), self.data.get(name))
+
+    def string(self, name: str, default: str | None = None) -> str:
+        value = self.data.get(name, default)
+        if value is None:
+            raise ConfigError(self.path, self.child_key(name), "required")
+        if not isinstance(value, str) or not value:
+            raise ConfigError(self.path, self.child_key(name), f"expected a string, got {value!r}")
+        return value
+
+    def integer(self, name: str, default: int, minimum: int = 0) -> int:
+        value = self.data.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(
+                self.path, self.child_key(name), f"expected an integer, got {value!r}"
+            )
+        if value < minimum:
+            raise ConfigError(self.path, self.child_key(name), f"must be at least {minimum}")
+        return value
+
+    def number(self, name: str, default: float, minimum: float) -> float:
+        value = self.data.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(self.path, self.child_key(name), f"expected a number, got {value!r}")
+        if value < minimum:
+            raise ConfigError(self.path, self.child_key(name), f"must be at least {minimum}")
+        return float(value)
+
+    def duration(self, name: str) -> dt.timedelta | None:
+        if self.data.get(name) is None:
+            return None
+        return parse_duration(self.data[name], self.path, self.child_key(name))
+
+    def address(self, name: str, default: str) -> str:
+        value = self.string(name, default)
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(self.path, self.child_key(name), f"expected HOST:PORT, got {value!r}")
+        return value
+
+    def string_list(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.data.get(name)
+        if value is None:
+            return default
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(self.path, self.child_key(name), "expected a list of strings")
+        return tuple(value)
+
+
+def _check_restore_targets(reader: _Reader, name: str, targets: tuple[str, ...]) -> None:
+    for target in targets:
+        if target.startswith("rbd:"):
+            if not target[4:] or "/" in target[4:]:
+                raise ConfigError(
+                    reader.path, reader.child_key(name), f"expected rbd:POOL, got {target!r}"
+                )
+        elif not os.path.isabs(target) or ".." in Path(target).parts:
+            raise ConfigError(
+                reader.path,
+                reader.child_key(name),
+                f"expected an absolute path or rbd:POOL, got {target!r}",
+            )
+
+
+def _read_global(reader: _Reader) -> GlobalConfig:
+    reader.reject_unknown(
+        {
+            "base-dir",
+            "worker-limit",
+            "restore-limit",
+            "restore-targets",
+            "restore-within",
+            "sla-factor",
+        },
+        frozenset(_BACKY_IGNORED_GLOBAL),
+    )
+    base_dir = reader.string("base-dir", "/srv/lifeboat")
+    if not os.path.isabs(base_dir):
+        raise ConfigError(reader.path, reader.child_key("base-dir"), "must be an absolute path")
+    targets = reader.string_list("restore-targets", ())
+    _check_restore_targets(reader, "restore-targets", targets)
+    return GlobalConfig(
+        base_dir=Path(base_dir),
+        worker_limit=reader.integer("worker-limit", 1, minimum=1),
+        restore_limit=reader.integer("restore-limit", 32, minimum=1),
+        restore_targets=targets,
+        restore_within=reader.duration("restore-within"),
+        sla_factor=reader.number("sla-factor", 1.5, minimum=1.0),
+    )
+
+
+def _read_hosts(reader: _Reader, defaults: GlobalConfig) -> dict[str, HostConfig]:
+    if not reader.data:
+        return {
+            LOCAL_HOST: HostConfig(
+                LOCAL_HOST,
+                DEFAULT_BACKUPD,
+                DEFAULT_RESTORED,
+                defaults.base_dir,
+                defaults.worker_limit,
+                defaults.restore_targets,
+                defaults.restore_limit,
+            )
+        }
+    hosts = {}
+    for name in reader.data:
+        check_name(name, reader.path, reader.child_key(str(name)))
+        host = reader.mapping(name)
+        host.reject_unknown(
+            {"backupd", "restored", "base-dir", "worker-limit", "restore-targets", "restore-limit"}
+        )
+        targets = host.string_list("restore-targets", defaults.restore_targets)
+        _check_restore_targets(host, "restore-targets", targets)
+        base_dir = host.string("base-dir", str(defaults.base_dir))
+        if not os.path.isabs(base_dir):
+            raise ConfigError(host.path, host.child_key("base-dir"), "must be an absolute path")
+        hosts[name] = HostConfig(
+            name=name,
+            backupd=host.address("backupd", ""),
+            restored=host.address("restored", ""),
+            base_dir=Path(base_dir),
+            worker_limit=host.integer("worker-limit", defaults.worker_limit, minimum=1),
+            restore_targets=targets,
+            restore_limit=host.integer("restore-limit", defaults.restore_limit, minimum=1),
+        )
+    return hosts
+
+
+def _read_schedules(reader: _Reader) -> dict[str, Schedule]:
+    schedules = {}
+    for name in reader.data:
+        check_name(name, reader.path, reader.child_key(str(name)))
+        tags_reader = reader.mapping(name)
+        tags = []
+        for tag in tags_reader.data:
+            check_name(tag, reader.path, tags_reader.child_key(str(tag)))
+            spec = tags_reader.mapping(tag)
+            spec.reject_unknown({"interval", "keep"})
+            interval = spec.duration("interval")
+            if interval is None:
+                raise ConfigError(reader.path, spec.child_key("interval"), "required")
+            tags.append(TagSpec(tag, interval, spec.integer("keep", 1, minimum=1)))
+        if not tags:
+            raise ConfigError(
+                reader.path, reader.child_key(name), "a schedule needs at least one tag"
+            )
+        schedules[name] = Schedule(name, tuple(tags))
+    return schedules
+
+
+def _read_source(reader: _Reader) -> Source:
+    kind = reader.string("type")
+    if kind == "file":
+        reader.reject_unknown({"type", "path", "filename"})
+        path = reader.data.get("path", reader.data.get("filename"))
+        if path is None:
+            raise ConfigError(reader.path, reader.child_key("path"), "required")
+        if not isinstance(path, str) or not os.path.isabs(path):
+            raise ConfigError(reader.path, reader.child_key("path"), "must be an absolute path")
+        return FileSource(path)
+    if kind == "ceph-rbd":
+        reader.reject_unknown({"type", "pool", "image", "conf", "id"})
+        conf = reader.data.get("conf", "")
+        client_id = reader.data.get("id", "")
+        if not isinstance(conf, str) or not isinstance(client_id, str):
+            raise ConfigError(reader.path, reader.key, "conf and id must be strings")
+        return CephRbdSource(reader.string("pool"), reader.string("image"), conf, client_id)
+    raise ConfigError(
+        reader.path,
+        reader.child_key("type"),
+        f"unknown source type {kind!r} (known: file, ceph-rbd)",
+    )
+
+
+def _read_job(
+    reader: _Reader,
+    name: str,
+    hosts: Mapping[str, HostConfig],
+    schedules: Mapping[str, Schedule],
+    defaults: GlobalConfig,
+) -> Job:
+    reader.reject_unknown(
+        {
+            "host",
+            "schedule",
+            "source",
+            "freeze-command",
+            "freeze-timeout",
+            "restore-within",
+            "sla-factor",
+        }
+    )
+    only_host = next(iter(hosts)) if len(hosts) == 1 else None
+    host = reader.string("host", only_host)
+    if host not in hosts:
+        raise ConfigError(
+            reader.path, reader.child_key("host"), f"no host named {host!r} under hosts"
+        )
+    schedule_name = reader.string("schedule")
+    if schedule_name not in schedules:
+        raise ConfigError(
+            reader.path, reader.child_key("schedule"), f"no schedule named {schedule_name!r}"
+        )
+    freeze = None
+    if reader.data.get("freeze-command") is not None:
+        freeze = FreezeHook(
+            reader.string("freeze-command"),
+            reader.duration("freeze-timeout") or DEFAULT_FREEZE_TIMEOUT,
+        )
+    return Job(
+        name=name,
+        host=host,
+        schedule=schedules[schedule_name],
+        source=_read_source(reader.mapping("source")),
+        freeze=freeze,
+        restore_within=reader.duration("restore-within") or defaults.restore_within,
+        sla_factor=reader.number("sla-factor", defaults.sla_factor, minimum=1.0),
+    )
+
+
+def parse(document: object, path: str) -> Config:
+    """Validate a loaded YAML document."""
+    top = _Reader(path, "", document)
+    top.reject_unknown({"global", "scheduler", "monitor", "hosts", "schedules", "jobs"})
+    defaults = _read_global(top.mapping("global"))
+    scheduler = top.mapping("scheduler")
+    scheduler.reject_unknown({"listen"})
+    monitor = top.mapping("monitor")
+    monitor.reject_unknown({"listen", "http", "poll-interval"})
+    hosts = _read_hosts(top.mapping("hosts"), defaults)
+    schedules = _read_schedules(top.mapping("schedules"))
+    jobs_reader = top.mapping("jobs")
+    jobs = {}
+    for name in jobs_reader.data:
+        key = jobs_reader.child_key(str(name))
+        check_name(name, path, key)
+        jobs[name] = _read_job(jobs_reader.mapping(name), name, hosts, schedules, defaults)
+    return Config(
+        path=path,
+        global_=defaults,
+        scheduler_listen=scheduler.address("listen", DEFAULT_SCHEDULER),
+        monitor_listen=monitor.address("listen", DEFAULT_MONITOR),
+        monitor_http=monitor.address("http", DEFAULT_MONITOR_HTTP),
+        hosts=hosts,
+        schedules=schedules,
+        jobs=jobs,
+    )
+
+
+def resolve_path(path: str | None) -> str:
+    """The config path: the --config argument, else $LIFEBOAT_CONFIG."""
+    resolved = path or os.environ.get(CONFIG_VARIABLE)
+    if not resolved:
+        raise ConfigError(
+            "(none)", "--config", f"no config file given and ${CONFIG_VARIABLE} is not set"
+        )
+    return resolved
+
+
+def load(path: str | None) -> Config:
+    """Read and validate the config file."""
+    resolved = resolve_path(path)
+    try:
+        text = Path(resolved).read_text()
+    except OSError as error:
+        raise ConfigError(resolved, "(file)", error.strerror or str(error)) from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(resolved, "(syntax)", str(error).replace("\n", " ")) from None
+    return parse(document, resolved)

@@ -1,0 +1,210 @@
+"""Between domain types and lifeboat.v1 messages. Used by servicer glue and clients only."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from lifeboat.errors import InvalidArgument
+from lifeboat.model import CephRbdSource, FileSource, FreezeHook, Job, Schedule, Source, TagSpec
+from lifeboat.operations import OperationKind, OperationRecord, OperationState
+from lifeboat.v1 import resources_pb2 as pb
+
+if TYPE_CHECKING:
+    from lifeboat.repository import RevisionMeta
+
+_KIND_TO_PB = {
+    OperationKind.BACKUP: pb.OPERATION_KIND_BACKUP,
+    OperationKind.RESTORE: pb.OPERATION_KIND_RESTORE,
+    OperationKind.VERIFY: pb.OPERATION_KIND_VERIFY,
+}
+_KIND_FROM_PB = {value: key for key, value in _KIND_TO_PB.items()}
+_STATE_TO_PB = {
+    OperationState.PENDING: pb.OPERATION_STATE_PENDING,
+    OperationState.RUNNING: pb.OPERATION_STATE_RUNNING,
+    OperationState.SUCCEEDED: pb.OPERATION_STATE_SUCCEEDED,
+    OperationState.FAILED: pb.OPERATION_STATE_FAILED,
+    OperationState.CANCELLED: pb.OPERATION_STATE_CANCELLED,
+    OperationState.RETRY_LATER: pb.OPERATION_STATE_RETRY_LATER,
+}
+_STATE_FROM_PB = {value: key for key, value in _STATE_TO_PB.items()}
+_VERIFICATION_TO_PB = {
+    "passed": pb.VERIFICATION_STATE_PASSED,
+    "partial": pb.VERIFICATION_STATE_PARTIAL,
+    "failed": pb.VERIFICATION_STATE_FAILED,
+    "skipped": pb.VERIFICATION_STATE_SKIPPED,
+}
+
+
+def timestamp(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    result = timestamp_pb2.Timestamp()
+    result.FromDatetime(value.astimezone(dt.UTC))
+    return result
+
+
+def from_timestamp(value: timestamp_pb2.Timestamp) -> dt.datetime | None:
+    if value.seconds == 0 and value.nanos == 0:
+        return None
+    return value.ToDatetime(tzinfo=dt.UTC)
+
+
+def duration(value: dt.timedelta | None) -> duration_pb2.Duration | None:
+    if value is None:
+        return None
+    result = duration_pb2.Duration()
+    result.FromTimedelta(value)
+    return result
+
+
+def from_duration(value: duration_pb2.Duration) -> dt.timedelta | None:
+    if value.seconds == 0 and value.nanos == 0:
+        return None
+    return value.ToTimedelta()
+
+
+def source_to_pb(source: Source) -> pb.Source:
+    if isinstance(source, FileSource):
+        return pb.Source(file=pb.FileSource(path=source.path))
+    return pb.Source(
+        ceph_rbd=pb.CephRbdSource(
+            pool=source.pool, image=source.image, conf=source.conf, id=source.id
+        )
+    )
+
+
+def source_from_pb(message: pb.Source, field: str) -> Source:
+    kind = message.WhichOneof("kind")
+    if kind == "file":
+        if not message.file.path.startswith("/"):
+            raise InvalidArgument(f"{field}.file.path", "must be an absolute path")
+        return FileSource(message.file.path)
+    if kind == "ceph_rbd":
+        rbd = message.ceph_rbd
+        if not rbd.pool or not rbd.image:
+            raise InvalidArgument(f"{field}.ceph_rbd", "pool and image are required")
+        return CephRbdSource(rbd.pool, rbd.image, rbd.conf, rbd.id)
+    raise InvalidArgument(field, "a source (file or ceph_rbd) is required")
+
+
+def job_to_pb(job: Job) -> pb.Job:
+    message = pb.Job(
+        name=job.name,
+        host=job.host,
+        schedule=pb.Schedule(
+            name=job.schedule.name,
+            tags=[
+                pb.ScheduleTag(name=t.name, interval=duration(t.interval), keep=t.keep)
+                for t in job.schedule.tags
+            ],
+        ),
+        source=source_to_pb(job.source),
+        sla_factor=job.sla_factor,
+    )
+    if job.freeze is not None:
+        message.freeze.CopyFrom(
+            pb.FreezeHook(command=job.freeze.command, timeout=duration(job.freeze.timeout))
+        )
+    if job.restore_within is not None:
+        message.restore_within.FromTimedelta(job.restore_within)
+    return message
+
+
+def job_from_pb(message: pb.Job, field: str = "job") -> Job:
+    if not message.name:
+        raise InvalidArgument(f"{field}.name", "required")
+    tags = []
+    for index, tag in enumerate(message.schedule.tags):
+        interval = from_duration(tag.interval)
+        if not tag.name or interval is None or tag.keep < 1:
+            raise InvalidArgument(
+                f"{field}.schedule.tags[{index}]", "needs a name, a positive interval and keep >= 1"
+            )
+        tags.append(TagSpec(tag.name, interval, tag.keep))
+    freeze = None
+    if message.freeze.command:
+        freeze = FreezeHook(
+            message.freeze.command, from_duration(message.freeze.timeout) or FreezeHook("").timeout
+        )
+    return Job(
+        name=message.name,
+        host=message.host,
+        schedule=Schedule(message.schedule.name, tuple(tags)),
+        source=source_from_pb(message.source, f"{field}.source"),
+        freeze=freeze,
+        restore_within=from_duration(message.restore_within),
+        sla_factor=message.sla_factor or 1.5,
+    )
+
+
+def operation_to_pb(record: OperationRecord) -> pb.Operation:
+    message = pb.Operation(
+        name=record.name,
+        kind=_KIND_TO_PB[record.kind],
+        job=record.job,
+        host=record.host,
+        state=_STATE_TO_PB[record.state],
+        create_time=timestamp(record.create_time),
+        start_time=timestamp(record.start_time),
+        end_time=timestamp(record.end_time),
+        bytes_done=record.bytes_done,
+        bytes_total=record.bytes_total,
+        throughput_bytes_per_second=record.throughput(),
+        eta=duration(record.eta()),
+        tags=list(record.tags),
+        revision_id=record.revision_id,
+        target=record.target,
+        error=record.error,
+        meets_restore_target=record.meets_restore_target(),
+        restore_within=duration(record.restore_within),
+    )
+    return message
+
+
+def operation_kind_from_pb(value: int) -> OperationKind | None:
+    return _KIND_FROM_PB.get(value)  # type: ignore[call-overload]
+
+
+def operation_state_from_pb(value: int) -> OperationState | None:
+    return _STATE_FROM_PB.get(value)  # type: ignore[call-overload]
+
+
+def _verification_to_pb(data: dict[str, Any]) -> pb.Verification:
+    when = data.get("time")
+    return pb.Verification(
+        state=_VERIFICATION_TO_PB.get(
+            str(data.get("state", "")), pb.VERIFICATION_STATE_UNSPECIFIED
+        ),
+        verify_time=timestamp(when) if isinstance(when, dt.datetime) else None,
+        against=str(data.get("against", "")),
+        blocks_checked=int(data.get("blocks-checked", 0)),
+        blocks_total=int(data.get("blocks-total", 0)),
+        mismatched_offsets=[int(o) for o in data.get("mismatched-offsets", [])],
+    )
+
+
+def revision_to_pb(meta: RevisionMeta, path: str = "") -> pb.Revision:
+    stats = meta.stats or {}
+    return pb.Revision(
+        id=meta.id,
+        job=meta.job,
+        create_time=timestamp(meta.timestamp),
+        parent_id=meta.parent or "",
+        tags=sorted(meta.tags),
+        size=meta.size,
+        block_size=meta.block_size,
+        checksum_algorithm=meta.checksum,
+        trust=pb.TRUST_TRUSTED if meta.trust == "trusted" else pb.TRUST_DISTRUSTED,
+        verification=_verification_to_pb(meta.verification or {}),
+        stats=pb.RevisionStats(
+            bytes_read=int(stats.get("bytes-read", 0)),
+            bytes_written=int(stats.get("bytes-written", 0)),
+            blocks_changed=int(stats.get("blocks-changed", 0)),
+            duration=duration(dt.timedelta(seconds=float(stats.get("duration", 0.0)))),
+            full=bool(stats.get("full", False)),
+        ),
+        path=path,
+    )

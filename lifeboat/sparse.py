@@ -1,0 +1,31 @@
+"""Holes in files: punching them where data became zeros."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """Deallocate [offset, offset+length): it reads as zeros and uses no space.
+
+    Where the filesystem cannot punch holes, zeros are written instead.
+    """
+    if length <= 0:
+        return
+    if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+        return
+    error = ctypes.get_errno()
+    if error not in (95, 22):  # EOPNOTSUPP, EINVAL: no hole punching here
+        raise OSError(error, os.strerror(error))
+    zeros = bytes(min(length, 1 << 20))
+    while length > 0:
+        count = os.pwrite(fd, zeros[: min(length, len(zeros))], offset)
+        offset, length = offset + count, length - count

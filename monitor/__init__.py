@@ -1,0 +1,1 @@
+"""The monitor: aggregates SLA state from every host for Nagios."""

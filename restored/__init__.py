@@ -1,0 +1,1 @@
+"""The restore worker of one backup host."""

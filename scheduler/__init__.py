@@ -1,0 +1,1 @@
+"""The scheduler: decides when each job runs and starts backups on the job's host."""

@@ -1,0 +1,1 @@
+pytest_plugins = ["tests.support.ceph_fixture", "tests.support.loopfs"]
