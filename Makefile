@@ -50,7 +50,7 @@ typecheck: generate
 check: lint typecheck test
 
 bench: generate
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(BENCH)
 
 clean:
 	rm -rf $(VENV) var lifeboat/v1/*_pb2*.py lifeboat/v1/*_pb2*.pyi $(GENERATED)

@@ -7,11 +7,12 @@ from collections.abc import Iterable
 Extent = tuple[int, int]
 
 
-def merge(extents: Iterable[Extent]) -> list[Extent]:
-    """Sorted, non-overlapping, non-adjacent extents covering the same bytes."""
+def merge(extents: Iterable[Extent], gap: int = 0) -> list[Extent]:
+    """Sorted, non-overlapping, non-adjacent extents covering the same bytes; with `gap`,
+    extents closer than that are joined across the bytes between them."""
     merged: list[list[int]] = []
     for offset, length in sorted(e for e in extents if e[1] > 0):
-        if merged and offset <= merged[-1][0] + merged[-1][1]:
+        if merged and offset <= merged[-1][0] + merged[-1][1] + gap:
             end = max(merged[-1][0] + merged[-1][1], offset + length)
             merged[-1][1] = end - merged[-1][0]
         else:

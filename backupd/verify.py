@@ -1,23 +1,31 @@
 """Verification: a random sample of a new revision against the source, and a stored
-revision against its own manifest (bit rot)."""
+revision against its own manifest (bit rot).
+
+The sample of a backup is checked where it is cheapest: blocks that the backup read
+anyway are compared with the new revision right after they were written; the rest of
+the sample is read from the source at the end.
+"""
 
 from __future__ import annotations
 
+import bisect
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import xxhash
 
+from backupd.extents import Extent
 from backupd.sources.base import Snapshot
 from lifeboat import clock
 from lifeboat.manifest import Manifest
 
 WINDOW_BLOCKS = 64
 MAX_REPORTED_MISMATCHES = 100
+MANIFEST_WINDOW_BLOCKS = 1024
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,17 @@ def sample_windows(block_count: int, fraction: float, rng: random.Random) -> lis
     return [(slot * window, min(window, block_count - slot * window)) for slot in chosen]
 
 
+def block_runs(indices: Iterable[int]) -> list[tuple[int, int]]:
+    """Consecutive block indices grouped as (first, count)."""
+    runs: list[tuple[int, int]] = []
+    for index in indices:
+        if runs and runs[-1][0] + runs[-1][1] == index:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((index, 1))
+    return runs
+
+
 def _read(fd: int, offset: int, length: int) -> bytes:
     data = os.pread(fd, length, offset)
     while len(data) < length:
@@ -49,67 +68,92 @@ def _read(fd: int, offset: int, length: int) -> bytes:
     return data
 
 
-def _compare_window(
-    first: int, count: int, manifest: Manifest, stored: bytes, reference: bytes | None
-) -> list[int]:
-    """Offsets of blocks in the window whose stored bytes disagree with the manifest or the source."""
-    bs = manifest.block_size
-    bad = []
-    for index in range(first, first + count):
-        lo = (index - first) * bs
-        block = stored[lo : lo + manifest.block_length(index)]
-        if xxhash.xxh3_128_digest(block) != manifest.digest(index) or (
-            reference is not None and reference[lo : lo + len(block)] != block
-        ):
-            bad.append(index * bs)
-    return bad
+class Comparison:
+    """Compares runs of stored blocks with the manifest and, where given, the source."""
+
+    def __init__(self, manifest: Manifest, fd: int, limits: VerifyLimits) -> None:
+        self.manifest = manifest
+        self.fd = fd
+        self.deadline = time.monotonic() + limits.time_limit
+        self.checked = 0
+        self.mismatches: list[int] = []
+        self.partial = False
+
+    def expired(self) -> bool:
+        if time.monotonic() > self.deadline:
+            self.partial = True
+        return self.partial
+
+    def byte_range(self, first: int, count: int) -> Extent:
+        offset = first * self.manifest.block_size
+        return offset, min(count * self.manifest.block_size, self.manifest.size - offset)
+
+    def compare(self, first: int, count: int, source: memoryview | None) -> None:
+        """Check blocks [first, first+count); `source` holds the source's bytes for them."""
+        offset, length = self.byte_range(first, count)
+        stored = _read(self.fd, offset, length)
+        bs = self.manifest.block_size
+        for index in range(first, first + count):
+            lo = (index - first) * bs
+            block = stored[lo : lo + self.manifest.block_length(index)]
+            digest_ok = xxhash.xxh3_128_digest(block) == self.manifest.digest(index)
+            if not digest_ok or (source is not None and source[lo : lo + len(block)] != block):
+                self.mismatches.append(index * bs)
+        self.checked += count
+
+    def result(self, against: str) -> dict[str, Any]:
+        state = "failed" if self.mismatches else "partial" if self.partial else "passed"
+        return {
+            "state": state,
+            "against": against,
+            "blocks-checked": self.checked,
+            "blocks-total": self.manifest.block_count,
+            "mismatched-offsets": self.mismatches[:MAX_REPORTED_MISMATCHES],
+            "time": clock.now(),
+        }
 
 
-def _verify(
-    manifest: Manifest,
-    fd: int,
-    windows: list[tuple[int, int]],
-    read_reference: Callable[[int, int], bytes] | None,
-    limits: VerifyLimits,
-    check_cancelled: Callable[[], None] = lambda: None,
-    on_window: Callable[[int], None] = lambda end: None,
-) -> dict[str, Any]:
-    deadline = time.monotonic() + limits.time_limit
-    checked, mismatches, partial = 0, [], False
-    for first, count in windows:
-        if time.monotonic() > deadline:
-            partial = True
-            break
-        check_cancelled()
-        offset = first * manifest.block_size
-        length = min(count * manifest.block_size, manifest.size - offset)
-        reference = read_reference(offset, length) if read_reference else None
-        mismatches += _compare_window(first, count, manifest, _read(fd, offset, length), reference)
-        checked += count
-        on_window(offset + length)
-    state = "failed" if mismatches else "partial" if partial else "passed"
-    return {
-        "state": state,
-        "against": "source" if read_reference else "manifest",
-        "blocks-checked": checked,
-        "blocks-total": manifest.block_count,
-        "mismatched-offsets": mismatches[:MAX_REPORTED_MISMATCHES],
-        "time": clock.now(),
-    }
+class SampleVerifier:
+    """Checks a random sample of a new revision against its source during and after the copy."""
 
+    def __init__(
+        self, manifest: Manifest, fd: int, limits: VerifyLimits, rng: random.Random | None = None
+    ) -> None:
+        windows = sample_windows(manifest.block_count, limits.fraction, rng or random.Random())
+        self.sampled = [i for first, count in windows for i in range(first, first + count)]
+        self.verified = bytearray(len(self.sampled))
+        self.comparison = Comparison(manifest, fd, limits)
+        self.block_size = manifest.block_size
 
-def verify_against_source(
-    snapshot: Snapshot, fd: int, manifest: Manifest, limits: VerifyLimits
-) -> dict[str, Any]:
-    """Compare a random sample of the written image (fd) with the snapshot and the manifest."""
-    windows = sample_windows(manifest.block_count, limits.fraction, random.Random())
+    def check_chunk(self, offset: int, data: memoryview) -> None:
+        """`data` holds the source's bytes at block-aligned `offset`, already written."""
+        first = offset // self.block_size
+        end = first + -(-len(data) // self.block_size)
+        lo = bisect.bisect_left(self.sampled, first)
+        hi = bisect.bisect_left(self.sampled, end)
+        if lo == hi or self.comparison.expired():
+            return
+        for run_first, count in block_runs(self.sampled[lo:hi]):
+            start = (run_first - first) * self.block_size
+            self.comparison.compare(run_first, count, data[start : start + count * self.block_size])
+        self.verified[lo:hi] = b"\x01" * (hi - lo)
 
-    def read_source(offset: int, length: int) -> bytes:
-        buffer = bytearray(length)
-        snapshot.read_into(offset, memoryview(buffer))
-        return bytes(buffer)
-
-    return _verify(manifest, fd, windows, read_source, limits)
+    def finish(self, snapshot: Snapshot) -> dict[str, Any]:
+        """Read the part of the sample the copy did not see from the source and check it."""
+        remaining = block_runs(
+            i for i, done in zip(self.sampled, self.verified, strict=True) if not done
+        )
+        reads = snapshot.read_many(self.comparison.byte_range(f, c) for f, c in remaining)
+        try:
+            for (first, count), (_, source) in zip(remaining, reads, strict=False):
+                if self.comparison.expired():
+                    break
+                self.comparison.compare(first, count, source)
+        finally:
+            close = getattr(reads, "close", None)
+            if close is not None:
+                close()
+        return self.comparison.result("source")
 
 
 def verify_against_manifest(
@@ -120,19 +164,13 @@ def verify_against_manifest(
     check_cancelled: Callable[[], None],
 ) -> dict[str, Any]:
     """Read every block of a stored revision and compare it with its manifest."""
-    windows = [
-        (first, min(WINDOW_BLOCKS * 16, manifest.block_count - first))
-        for first in range(0, manifest.block_count, WINDOW_BLOCKS * 16)
-    ]
-
-    result = _verify(
-        manifest,
-        fd,
-        windows,
-        None,
-        limits,
-        check_cancelled,
-        on_window=lambda end: progress(end, manifest.size),
-    )
-    progress(manifest.size, manifest.size)
-    return result
+    comparison = Comparison(manifest, fd, limits)
+    for first in range(0, manifest.block_count, MANIFEST_WINDOW_BLOCKS):
+        if comparison.expired():
+            break
+        check_cancelled()
+        count = min(MANIFEST_WINDOW_BLOCKS, manifest.block_count - first)
+        comparison.compare(first, count, None)
+        offset, length = comparison.byte_range(first, count)
+        progress(offset + length, manifest.size)
+    return comparison.result("manifest")

@@ -9,7 +9,6 @@ cleanly with nothing visible.
 from __future__ import annotations
 
 import abc
-import asyncio
 import datetime as dt
 import os
 import random
@@ -18,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from backupd.worker import BackupWorker, WorkerSettings
 from lifeboat.model import CephRbdSource, FileSource, Job, Schedule, Source, TagSpec
-from lifeboat.operations import OperationRecord, OperationRegistry, OperationState
+from lifeboat.operations import OperationState
 from tests.support.ceph import CephCluster, rbd_modules_importable
+from tests.support.harness import Harness
 from tests.support.needs import need
 
 MiB = 1024 * 1024
@@ -132,25 +131,6 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return RbdBackend(cluster, tmp_path)
 
 
-class Harness:
-    """The real worker on a repository, driven from one event loop."""
-
-    def __init__(self, base_dir: Path) -> None:
-        self.base_dir = base_dir
-        self.registry = OperationRegistry("backup01")
-        self.worker: BackupWorker | None = None
-
-    async def backup(self, job: Job, tags: tuple[str, ...] = ("hourly",)) -> OperationRecord:
-        if self.worker is None:
-            self.registry.bind_loop(asyncio.get_running_loop())
-            self.worker = BackupWorker(WorkerSettings("backup01", self.base_dir, 2), self.registry)
-        record, started = self.worker.start_backup(job, list(tags))
-        assert started
-        async for update in self.registry.watch(record.name):
-            record = update
-        return record
-
-
 def unique_name(request: pytest.FixtureRequest) -> str:
     return (
         f"vm-{request.node.name.split('[')[0][5:25].replace('_', '-')}-{random.randrange(1 << 20)}"
@@ -183,7 +163,6 @@ async def test_round_trip_writes_only_changes(
     second = await harness.backup(job)
     assert second.state == OperationState.SUCCEEDED, second.error
     assert image_of(harness, name) == backend.content(name, second.revision_id)
-    assert harness.worker is not None
     meta = harness.worker.get_revision(name, "last")
     assert meta.parent == first.revision_id
     assert meta.stats["full"] is False
@@ -219,7 +198,6 @@ async def test_missing_source_fails_cleanly(
     record = await harness.backup(job)
     assert record.state == OperationState.FAILED
     assert "not found" in record.error or "cannot open" in record.error, record.error
-    assert harness.worker is not None
     assert len(harness.worker.list_revisions(name)) == 1
     leftovers = [p.name for p in (harness.base_dir / name).iterdir() if p.name.endswith(".tmp")]
     assert leftovers == []

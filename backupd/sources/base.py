@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
+from typing import Any
 
 from backupd.extents import Extent
 from lifeboat.errors import FailedPrecondition
@@ -18,6 +22,19 @@ class Snapshot(abc.ABC):
     @abc.abstractmethod
     def read_into(self, offset: int, buffer: memoryview) -> None:
         """Fill `buffer` with the bytes at `offset`; raises SourceChanged on a short read."""
+
+    def read_many(self, pieces: Iterable[Extent]) -> Iterator[tuple[int, memoryview]]:
+        """Read pieces in order; each yielded view is valid until the next one is asked for.
+
+        Sources with latency (Ceph) override this to keep several reads in flight.
+        """
+        buffer = bytearray()
+        for offset, length in pieces:
+            if len(buffer) < length:
+                buffer = bytearray(length)
+            view = memoryview(buffer)[:length]
+            self.read_into(offset, view)
+            yield offset, view
 
     @abc.abstractmethod
     def data_extents(self, start: int, end: int) -> Iterator[Extent]:
@@ -49,3 +66,52 @@ class SourceDriver(abc.ABC):
 
 class SourceError(FailedPrecondition):
     """The source cannot be read as a consistent image (missing, shrank, unreadable)."""
+
+
+READ_AHEAD = 3
+_END = object()
+
+
+def read_ahead(
+    read_into: Callable[[int, memoryview], None], pieces: Iterable[Extent]
+) -> Iterator[tuple[int, memoryview]]:
+    """Read `pieces` in a helper thread, up to READ_AHEAD ahead of the consumer.
+
+    Each yielded view is valid until the next one is asked for; its buffer is reused then.
+    """
+    ready: queue.Queue[Any] = queue.Queue(maxsize=READ_AHEAD)
+    free: queue.Queue[bytearray] = queue.Queue()
+    for _ in range(READ_AHEAD + 2):
+        free.put(bytearray())
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for offset, length in pieces:
+                buffer = free.get()
+                if len(buffer) < length:
+                    buffer = bytearray(length)
+                read_into(offset, memoryview(buffer)[:length])
+                if stop.is_set():
+                    return
+                ready.put((offset, length, buffer))
+            ready.put(_END)
+        except BaseException as error:  # handed to the consumer, which raises it
+            ready.put(error)
+
+    reader = threading.Thread(target=produce, name="read-ahead", daemon=True)
+    reader.start()
+    try:
+        while (item := ready.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            offset, length, buffer = item
+            yield offset, memoryview(buffer)[:length]
+            free.put(buffer)
+    finally:
+        stop.set()
+        while reader.is_alive():  # unblock a producer waiting for room, then let it end
+            with contextlib.suppress(queue.Empty):
+                ready.get(timeout=0.05)
+            free.put(bytearray())
+        reader.join()

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from backupd.extents import Extent
-from backupd.sources.base import Snapshot, SourceDriver, SourceError
+from backupd.sources.base import Snapshot, SourceDriver, SourceError, read_ahead
 from lifeboat import clone
 from lifeboat.model import FileSource
 
@@ -43,6 +43,10 @@ class FileSnapshot(Snapshot):
                     f"(read ended at {offset + done}, expected {self.size} bytes)"
                 )
             done += count
+
+    def read_many(self, pieces: Iterable[Extent]) -> Iterator[tuple[int, memoryview]]:
+        """Read ahead in a thread, so reading overlaps the digesting and writing of the caller."""
+        return read_ahead(self.read_into, pieces)
 
     def data_extents(self, start: int, end: int) -> Iterator[Extent]:
         for data_start, data_end in clone.data_extents(self.fd, self.size):

@@ -11,8 +11,10 @@ every block is compared.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from backupd.extents import Extent, merge
@@ -24,6 +26,7 @@ log = logging.getLogger("lifeboat.backupd.rbd")
 
 SNAPSHOT_PREFIX = "lifeboat-"
 CONNECT_TIMEOUT = 30
+READ_DEPTH = 32
 
 
 def snapshot_name(revision_id: str) -> str:
@@ -70,6 +73,35 @@ class RbdSnapshot(Snapshot):
             )
         buffer[:] = data
 
+    def read_many(self, pieces: Iterable[Extent]) -> Iterator[tuple[int, memoryview]]:
+        """Keep READ_DEPTH reads in flight: scattered small reads are latency-bound."""
+        pieces = iter(pieces)
+        in_flight: deque[tuple[int, int, Any]] = deque()
+        results: dict[int, bytes] = {}
+
+        def submit(offset: int, length: int) -> None:
+            def done(completion: Any, data: bytes) -> None:
+                results[offset] = data if completion.get_return_value() >= 0 else b""
+
+            in_flight.append((offset, length, self.image.aio_read(offset, length, done)))
+
+        for offset, length in itertools.islice(pieces, READ_DEPTH):
+            submit(offset, length)
+        try:
+            while in_flight:
+                offset, length, completion = in_flight.popleft()
+                completion.wait_for_complete_and_cb()
+                data = results.pop(offset, b"")
+                if len(data) != length:
+                    raise SourceError(f"{self.label}: read of {length} bytes at {offset} failed")
+                following = next(pieces, None)
+                if following is not None:
+                    submit(*following)
+                yield offset, memoryview(data)
+        finally:
+            for _, _, completion in in_flight:
+                completion.wait_for_complete_and_cb()
+
     def data_extents(self, start: int, end: int) -> Iterator[Extent]:
         allocated = [(o, n) for o, n, exists in self._extents(start, end, None) if exists]
         yield from merge(allocated)
@@ -90,8 +122,9 @@ class RbdDriver(SourceDriver):
         return f"ceph-rbd {self.source.pool}/{self.source.image}"
 
     @contextlib.contextmanager
-    def _image(self, snapshot: str | None = None) -> Iterator[Any]:
-        rados, rbd = _modules()
+    def _connection(self) -> Iterator[Any]:
+        """An I/O context on the source's pool, for one backup's worth of calls."""
+        rados, _ = _modules()
         cluster = rados.Rados(conffile=self.source.conf or "", rados_id=self.source.id or None)
         try:
             cluster.connect(timeout=CONNECT_TIMEOUT)
@@ -101,20 +134,25 @@ class RbdDriver(SourceDriver):
             ) from None
         try:
             with cluster.open_ioctx(self.source.pool) as ioctx:
-                try:
-                    image = rbd.Image(
-                        ioctx, self.source.image, snapshot=snapshot, read_only=snapshot is not None
-                    )
-                except rbd.ImageNotFound:
-                    raise SourceError(f"{self.describe()}: image not found") from None
-                try:
-                    yield image
-                finally:
-                    image.close()
+                yield ioctx
         except rados.ObjectNotFound:
             raise SourceError(f"{self.describe()}: pool not found") from None
         finally:
             cluster.shutdown()
+
+    @contextlib.contextmanager
+    def _image(self, ioctx: Any, snapshot: str | None = None) -> Iterator[Any]:
+        _, rbd = _modules()
+        try:
+            image = rbd.Image(
+                ioctx, self.source.image, snapshot=snapshot, read_only=snapshot is not None
+            )
+        except rbd.ImageNotFound:
+            raise SourceError(f"{self.describe()}: image not found") from None
+        try:
+            yield image
+        finally:
+            image.close()
 
     def _snapshot_names(self, image: Any) -> list[str]:
         return [
@@ -124,22 +162,25 @@ class RbdDriver(SourceDriver):
     @contextlib.contextmanager
     def snapshot(self, revision_id: str, parent_id: str | None) -> Iterator[Snapshot]:
         name = snapshot_name(revision_id)
-        with self._image() as image:
-            existing = self._snapshot_names(image)
-            image.create_snap(name)
-        parent = snapshot_name(parent_id) if parent_id else None
-        if parent is not None and parent not in existing:
-            log.warning("%s: snapshot %s is gone; comparing every block", self.describe(), parent)
-            parent = None
-        try:
-            with self._image(snapshot=name) as frozen:
-                yield RbdSnapshot(frozen, parent, self.describe())
-        except BaseException:
-            self._remove_snapshots([name])
-            raise
+        with self._connection() as ioctx:
+            with self._image(ioctx) as image:
+                existing = self._snapshot_names(image)
+                image.create_snap(name)
+            parent = snapshot_name(parent_id) if parent_id else None
+            if parent is not None and parent not in existing:
+                log.warning(
+                    "%s: snapshot %s is gone; comparing every block", self.describe(), parent
+                )
+                parent = None
+            try:
+                with self._image(ioctx, snapshot=name) as frozen:
+                    yield RbdSnapshot(frozen, parent, self.describe())
+            except BaseException:
+                self._remove_snapshots(ioctx, [name])
+                raise
 
-    def _remove_snapshots(self, names: list[str]) -> None:
-        with self._image() as image:
+    def _remove_snapshots(self, ioctx: Any, names: list[str]) -> None:
+        with self._image(ioctx) as image:
             for name in names:
                 try:
                     image.remove_snap(name)
@@ -148,7 +189,8 @@ class RbdDriver(SourceDriver):
 
     def after_good_backup(self, revision_id: str) -> None:
         keep = snapshot_name(revision_id)
-        with self._image() as image:
-            stale = [name for name in self._snapshot_names(image) if name != keep]
-        if stale:
-            self._remove_snapshots(stale)
+        with self._connection() as ioctx:
+            with self._image(ioctx) as image:
+                stale = [name for name in self._snapshot_names(image) if name != keep]
+            if stale:
+                self._remove_snapshots(ioctx, stale)

@@ -1,0 +1,47 @@
+"""`lifeboat`: the admin client. Each area adds its subcommands from its own module."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from lifeboat import config as config_module
+from lifeboat.errors import ConfigError, LifeboatError
+
+# Modules that register subcommands: each has `register(subparsers)`; a subcommand
+# sets `func(args, config) -> int` as its default.
+AREAS = ("lifeboat.admin.backup",)
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lifeboat", description="Lifeboat admin client.")
+    parser.add_argument(
+        "--config", help=f"fleet config file (default: ${config_module.CONFIG_VARIABLE})"
+    )
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for area in AREAS:
+        module = __import__(area, fromlist=["register"])
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace, config_module.Config], int] = args.func
+    try:
+        config = config_module.load(args.config)
+        code = func(args, config)
+    except ConfigError as error:
+        print(f"lifeboat: invalid config: {error}", file=sys.stderr)
+        code = EXIT_USAGE
+    except LifeboatError as error:
+        print(f"lifeboat: {error}", file=sys.stderr)
+        code = EXIT_FAILURE
+    except KeyboardInterrupt:
+        code = 130
+    raise SystemExit(code)

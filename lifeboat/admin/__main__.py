@@ -1,0 +1,3 @@
+from lifeboat.admin import main
+
+main()

@@ -1,0 +1,41 @@
+"""The real backup worker on a repository, driven in-process from one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from backupd.worker import BackupWorker, WorkerSettings
+from lifeboat.model import Job
+from lifeboat.operations import OperationRecord, OperationRegistry
+
+
+class Harness:
+    """The real worker on a repository, driven from one event loop."""
+
+    def __init__(self, base_dir: Path, worker_limit: int = 2) -> None:
+        self.base_dir = base_dir
+        self.worker_limit = worker_limit
+        self.registry = OperationRegistry("backup01")
+        self._worker: BackupWorker | None = None
+
+    @property
+    def worker(self) -> BackupWorker:
+        if self._worker is None:
+            self.registry.bind_loop(asyncio.get_running_loop())
+            settings = WorkerSettings("backup01", self.base_dir, self.worker_limit)
+            self._worker = BackupWorker(settings, self.registry)
+        return self._worker
+
+    def start(self, job: Job, tags: tuple[str, ...] = ("hourly",)) -> OperationRecord:
+        record, started = self.worker.start_backup(job, list(tags))
+        assert started
+        return record
+
+    async def finish(self, record: OperationRecord) -> OperationRecord:
+        async for update in self.registry.watch(record.name):
+            record = update
+        return record
+
+    async def backup(self, job: Job, tags: tuple[str, ...] = ("hourly",)) -> OperationRecord:
+        return await self.finish(self.start(job, tags))

@@ -1,0 +1,57 @@
+"""`lifeboat backup`, `lifeboat revisions` and `lifeboat verify` against a real backupd."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import REPO, fleet, free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def lifeboat(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lifeboat.admin", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+
+
+def test_backup_revisions_verify(tmp_path: Path) -> None:
+    source = tmp_path / "vm.raw"
+    source.write_bytes(os.urandom(2 << 20))
+    port = free_port()
+    config = tmp_path / "lifeboat.yaml"
+    config.write_text(
+        f"global: {{base-dir: {tmp_path}/repo}}\n"
+        f"hosts: {{backup01: {{backupd: 127.0.0.1:{port}, restored: 127.0.0.1:{free_port()}}}}}\n"
+        "schedules: {default: {daily: {interval: 1d, keep: 7}}}\n"
+        f"jobs: {{vm-a: {{schedule: default, source: {{type: file, path: {source}}}}}}}\n"
+    )
+    with fleet(tmp_path) as running:
+        running.start("backupd.cli", f"127.0.0.1:{port}", "--config", str(config))
+        backup = lifeboat(config, "backup", "vm-a", "--tag", "daily", "--wait")
+        assert backup.returncode == 0, backup.stderr
+        assert "succeeded revision" in backup.stdout
+        revision_id = backup.stdout.split("revision ")[1].split()[0]
+
+        listed = lifeboat(config, "revisions", "vm-a")
+        assert listed.returncode == 0, listed.stderr
+        header, row = listed.stdout.splitlines()
+        assert header.split()[:2] == ["REVISION", "CREATED"]
+        assert row.split()[0] == revision_id and "daily" in row and "trusted" in row
+
+        verified = lifeboat(config, "verify", "vm-a")
+        assert verified.returncode == 0, verified.stderr
+        assert f"succeeded revision {revision_id}" in verified.stdout
+
+        unknown = lifeboat(config, "revisions", "vm-nope")
+        assert unknown.returncode == 1
+        assert "no job named 'vm-nope'" in unknown.stderr

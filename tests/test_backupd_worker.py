@@ -1,0 +1,290 @@
+"""The backup worker's promises: freeze hooks, verification, retention, full disks,
+vanishing sources and kill -9 never leave a half revision or harm an older one."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from lifeboat import clock
+from lifeboat.model import FileSource, FreezeHook, Job, Schedule, TagSpec
+from lifeboat.operations import OperationState
+from lifeboat.repository import Repository
+from tests.support.harness import Harness
+from tests.support.loopfs import loop_mount
+from tests.support.needs import need_root
+from tests.support.processes import fleet, free_port, grpcurl
+
+MiB = 1024 * 1024
+HOURLY = Schedule("default", (TagSpec("hourly", dt.timedelta(hours=1), 2),))
+
+
+def source_file(path: Path, size: int = 4 * MiB) -> Path:
+    with path.open("wb") as image:
+        for _ in range(0, size, MiB):
+            image.write(os.urandom(MiB))
+        image.truncate(size)
+    return path
+
+
+def job_for(source: Path, name: str = "vm-a", freeze: str = "", timeout: float = 10) -> Job:
+    hook = FreezeHook(freeze, dt.timedelta(seconds=timeout)) if freeze else None
+    return Job(name, "backup01", HOURLY, FileSource(str(source)), hook)
+
+
+@pytest.mark.parametrize(
+    ("command", "state", "message"),
+    [
+        pytest.param('test "$LIFEBOAT_JOB" = vm-a', OperationState.SUCCEEDED, "", id="ok-sees-job"),
+        pytest.param(
+            "echo database busy >&2; exit 75",
+            OperationState.RETRY_LATER,
+            "database busy",
+            id="retry-later",
+        ),
+        pytest.param(
+            "echo cannot freeze >&2; exit 3",
+            OperationState.FAILED,
+            "exit status 3: cannot freeze",
+            id="fails",
+        ),
+        pytest.param("sleep 5", OperationState.FAILED, "timed out", id="timeout"),
+    ],
+)
+async def test_freeze_hook_outcomes(
+    tmp_path: Path, command: str, state: OperationState, message: str
+) -> None:
+    harness = Harness(tmp_path / "repo")
+    job = job_for(source_file(tmp_path / "vm.raw"), freeze=command, timeout=0.5)
+    record = await harness.backup(job)
+    assert record.state == state, record.error
+    assert message in record.error
+    revisions = harness.worker.list_revisions("vm-a")
+    assert len(revisions) == (1 if state == OperationState.SUCCEEDED else 0)
+    if message:
+        assert message in (tmp_path / "repo" / "vm-a" / "log").read_text()
+        assert harness.worker.job_status("vm-a").last_error == record.error
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    with path.open("r+b") as image:
+        image.seek(offset)
+        byte = image.read(1)
+        image.seek(offset)
+        image.write(bytes([byte[0] ^ 0xFF]))
+
+
+async def test_verification_mismatch_distrusts_and_forces_full(tmp_path: Path) -> None:
+    """Bit rot in the parent's stored copy of an unchanged block reaches the new revision
+    through the clone; the sampled comparison with the source must catch it."""
+    source = source_file(tmp_path / "vm.raw", 8 * MiB)
+    harness = Harness(tmp_path / "repo")
+    first = await harness.backup(job_for(source))
+    assert first.state == OperationState.SUCCEEDED
+    harness.worker.settings.backup.verify.__init__(fraction=1.0)  # type: ignore[misc]
+    flip_byte(tmp_path / "repo" / "vm-a" / first.revision_id, 5 * MiB + 7)
+
+    record = await harness.backup(job_for(source))
+    assert record.state == OperationState.FAILED
+    assert "verification" in record.error and "distrusted" in record.error
+    bad = harness.worker.get_revision("vm-a", record.revision_id)
+    assert bad.trust == "distrusted"
+    assert bad.verification["state"] == "failed"
+    assert bad.verification["mismatched-offsets"] == [5 * MiB]
+    assert harness.worker.get_revision("vm-a", "last").id == bad.id
+    status = harness.worker.job_status("vm-a")
+    assert (
+        status.last_good_revision is not None and status.last_good_revision.id == first.revision_id
+    )
+
+    following = await harness.backup(job_for(source))
+    assert following.state == OperationState.SUCCEEDED, following.error
+    meta = harness.worker.get_revision("vm-a", following.revision_id)
+    assert meta.stats["full"] is True and meta.parent is None
+    assert (tmp_path / "repo" / "vm-a" / "last").read_bytes() == source.read_bytes()
+
+
+async def test_retention_expires_tags_and_deletes_untagged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
+    times = iter(start + dt.timedelta(minutes=61 * i) for i in range(1000))
+    current = {"now": start}
+
+    def fake_now() -> dt.datetime:
+        return current["now"]
+
+    monkeypatch.setattr(clock, "now", fake_now)
+    source = source_file(tmp_path / "vm.raw", MiB)
+    harness = Harness(tmp_path / "repo")
+    ids = []
+    for _ in range(5):
+        current["now"] = next(times)
+        record = await harness.backup(job_for(source), tags=("hourly",))
+        assert record.state == OperationState.SUCCEEDED, record.error
+        ids.append(record.revision_id)
+    kept = [r.id for r in harness.worker.list_revisions("vm-a")]
+    assert kept == ids[-2:], "keep=2 hourly: older revisions past 2h lose the tag and go"
+    log = (tmp_path / "repo" / "vm-a" / "log").read_text()
+    assert f"retention deleted revision {ids[0]}" in log
+    for revision_id in ids[-2:]:
+        assert (tmp_path / "repo" / "vm-a" / revision_id).read_bytes() == source.read_bytes()
+
+    harness.worker.update_tags("vm-a", ids[-2], ["manual:keep"], [])
+    for _ in range(3):
+        current["now"] = next(times)
+        assert (await harness.backup(job_for(source))).state == OperationState.SUCCEEDED
+    remaining = harness.worker.list_revisions("vm-a")
+    assert ids[-2] in [r.id for r in remaining]
+    assert harness.worker.get_revision("vm-a", ids[-2]).tags == ["manual:keep"]
+
+
+async def test_full_disk_fails_cleanly_and_keeps_older_revisions(tmp_path: Path) -> None:
+    need_root()
+    with loop_mount("tmpfs", 14 * MiB, tmp_path) as small:
+        source = source_file(tmp_path / "vm.raw", 12 * MiB)
+        with source.open("r+b") as image:
+            image.write(bytes(8 * MiB))  # mostly zeros: the first revision (4 MiB) fits
+        harness = Harness(small / "repo")
+        first = await harness.backup(job_for(source))
+        assert first.state == OperationState.SUCCEEDED, first.error
+        before = (small / "repo" / "vm-a" / first.revision_id).read_bytes()
+
+        source_file(source, 12 * MiB)  # now all data: 12 MiB more no longer fit
+        record = await harness.backup(job_for(source))
+        assert record.state == OperationState.FAILED
+        assert "full" in record.error, record.error
+        names = sorted(p.name for p in (small / "repo" / "vm-a").iterdir())
+        assert not [n for n in names if n.endswith(".tmp")], names
+        assert [r.id for r in harness.worker.list_revisions("vm-a")] == [first.revision_id]
+        assert (small / "repo" / "vm-a" / first.revision_id).read_bytes() == before
+        assert (small / "repo" / "vm-a" / "last").resolve().name == first.revision_id
+
+
+async def test_source_that_shrinks_mid_backup_fails_cleanly(tmp_path: Path) -> None:
+    source = source_file(tmp_path / "vm.raw", 256 * MiB)
+    harness = Harness(tmp_path / "repo")
+    record = harness.start(job_for(source))
+    async for update in harness.registry.watch(record.name, heartbeat=0.01):
+        if update.bytes_done > 0 or update.state.finished:
+            break
+    os.truncate(source, MiB)
+    final = await harness.finish(record)
+    assert final.state == OperationState.FAILED
+    assert "shrank" in final.error or "size changed" in final.error, final.error
+    assert harness.worker.list_revisions("vm-a") == []
+    assert not [p for p in (tmp_path / "repo" / "vm-a").iterdir() if p.name.endswith(".tmp")]
+
+
+def partial_images(directory: Path) -> list[Path]:
+    """Temporary images of a backup in progress that already hold data."""
+    found = []
+    for path in directory.glob(".2*.tmp"):
+        if path.name.endswith((".sums.tmp", ".rev.tmp")):
+            continue
+        try:
+            if path.stat().st_blocks > 0:
+                found.append(path)
+        except FileNotFoundError:  # renamed while we looked
+            continue
+    return found
+
+
+@pytest.mark.e2e
+def test_kill_9_mid_backup_leaves_no_partial_revision(tmp_path: Path) -> None:
+    source = source_file(tmp_path / "vm.raw", 8 * MiB)
+    config = tmp_path / "lifeboat.yaml"
+    port = free_port()
+    config.write_text(
+        f"global: {{base-dir: {tmp_path}/repo, worker-limit: 2}}\n"
+        f"hosts: {{backup01: {{backupd: 127.0.0.1:{port}, restored: 127.0.0.1:{free_port()}}}}}\n"
+        "schedules: {default: {hourly: {interval: 1h, keep: 24}}}\n"
+        f"jobs: {{vm-a: {{schedule: default, source: {{type: file, path: {source}}}}}}}\n"
+    )
+    job_dir = Repository(tmp_path / "repo").job("vm-a")
+    request = {
+        "job": {
+            "name": "vm-a",
+            "host": "backup01",
+            "schedule": {
+                "name": "default",
+                "tags": [{"name": "hourly", "interval": "3600s", "keep": 24}],
+            },
+            "source": {"file": {"path": str(source)}},
+        },
+        "tags": ["hourly"],
+    }
+    args = ("--config", str(config), "--host", "backup01")
+    with fleet(tmp_path) as running:
+        daemon = running.start("backupd.cli", f"127.0.0.1:{port}", *args)
+        call = grpcurl(
+            "-plaintext",
+            "-d",
+            json.dumps(request),
+            daemon.address,
+            "lifeboat.v1.BackupService/StartBackup",
+        )
+        assert call.returncode == 0, call.stderr
+        deadline = time.monotonic() + 30
+        while not job_dir.revisions() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first = job_dir.revisions()
+        assert len(first) == 1
+        original = job_dir.image_path(first[0].id).read_bytes()
+
+        source_file(source, 256 * MiB)  # big enough to be caught in the middle
+        call = grpcurl(
+            "-plaintext",
+            "-d",
+            json.dumps(request),
+            daemon.address,
+            "lifeboat.v1.BackupService/StartBackup",
+        )
+        assert call.returncode == 0, call.stderr
+        while not partial_images(job_dir.path):
+            time.sleep(0.002)
+        daemon.process.send_signal(signal.SIGKILL)
+        daemon.process.wait()
+        killed_listing = sorted(p.name for p in job_dir.path.iterdir())
+        assert [r.id for r in job_dir.revisions()] == [first[0].id], "no half revision is visible"
+        assert job_dir.image_path(first[0].id).read_bytes() == original
+
+        restarted = running.start("backupd.cli", f"127.0.0.1:{port}", *args)
+        assert not [p for p in job_dir.path.iterdir() if p.name.endswith(".tmp")]
+        assert "recovery removed" in (job_dir.path / "log").read_text(), killed_listing
+        call = grpcurl(
+            "-plaintext",
+            "-d",
+            json.dumps(request),
+            restarted.address,
+            "lifeboat.v1.BackupService/StartBackup",
+        )
+        assert call.returncode == 0, call.stderr
+        deadline = time.monotonic() + 60
+        while len(job_dir.revisions()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(job_dir.revisions()) == 2
+        assert (job_dir.path / "last").read_bytes() == source.read_bytes()
+
+
+def test_no_event_loop_needed_for_pure_helpers() -> None:
+    # check_tags is the one validation shared by StartBackup and UpdateRevisionTags.
+    from backupd.worker import check_tags
+    from lifeboat.errors import InvalidArgument
+
+    assert check_tags(["daily", "hourly", "daily", "manual:before-upgrade"]) == [
+        "daily",
+        "hourly",
+        "manual:before-upgrade",
+    ]
+    for bad in ([], ["../x"], ["a b"], ["manual:"]):
+        with pytest.raises(InvalidArgument):
+            check_tags(bad)
+    assert asyncio.iscoroutinefunction(Harness.backup)
