@@ -250,14 +250,22 @@ def back_up(
     progress: Progress,
     check_cancelled: Callable[[], None],
     on_step: Callable[[str], None] | None = None,
+    thaw: Callable[[], None] = lambda: None,
 ) -> RevisionMeta:
-    """Write one new revision of `job`. The caller holds the job's lock."""
+    """Write one new revision of `job`. The caller holds the job's lock.
+
+    `thaw` runs exactly once: as soon as a point-in-time snapshot exists, otherwise
+    once the live source has been read and verified.
+    """
+    thaw_once = _once(thaw)
     started = time.monotonic()
     parent = usable_parent(job_dir)
     revision_id = job_dir.new_revision_id()
     writer = job_dir.begin(revision_id)
     try:
         with driver.snapshot(revision_id, parent.id if parent else None) as snapshot:
+            if snapshot.point_in_time:
+                thaw_once()
             writer.start_from(parent, snapshot.size)
             manifest = (
                 resized(Manifest.read(job_dir.sums_path(parent.id)), snapshot.size)
@@ -274,6 +282,7 @@ def back_up(
                 )
                 os.fsync(fd)
                 verification = verifier.finish(snapshot)
+                thaw_once()
             finally:
                 os.close(fd)
         meta = RevisionMeta(
@@ -302,6 +311,20 @@ def back_up(
     except BaseException:
         writer.abort()
         raise
+    finally:
+        thaw_once()
+
+
+def _once(action: Callable[[], None]) -> Callable[[], None]:
+    done = False
+
+    def run() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            action()
+
+    return run
 
 
 def source_description(job: Job) -> dict[str, object]:

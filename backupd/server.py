@@ -6,6 +6,7 @@ import asyncio
 
 from backupd.backup import BackupSettings
 from backupd.service import BackupServicer
+from backupd.verify import VerifyLimits
 from backupd.worker import BackupWorker, WorkerSettings
 from lifeboat import config as config_module
 from lifeboat.bootstrap import GrpcDaemon, ServiceSpec
@@ -20,7 +21,12 @@ def worker_settings(config: config_module.Config, host: str) -> WorkerSettings:
         host=host,
         base_dir=host_config.base_dir,
         worker_limit=host_config.worker_limit,
-        backup=BackupSettings(),
+        backup=BackupSettings(
+            verify=VerifyLimits(
+                fraction=config.global_.verify_fraction,
+                time_limit=config.global_.verify_time_limit.total_seconds(),
+            )
+        ),
     )
 
 

@@ -58,6 +58,17 @@ def block_runs(indices: Iterable[int]) -> list[tuple[int, int]]:
     return runs
 
 
+def block_runs_of(runs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Runs (first, count) sorted and joined where they touch."""
+    joined: list[tuple[int, int]] = []
+    for first, count in sorted(runs):
+        if joined and joined[-1][0] + joined[-1][1] == first:
+            joined[-1] = (joined[-1][0], joined[-1][1] + count)
+        else:
+            joined.append((first, count))
+    return joined
+
+
 def _read(fd: int, offset: int, length: int) -> bytes:
     data = os.pread(fd, length, offset)
     while len(data) < length:
@@ -76,6 +87,7 @@ class Comparison:
         self.fd = fd
         self.deadline = time.monotonic() + limits.time_limit
         self.checked = 0
+        self.checked_runs: list[tuple[int, int]] = []
         self.mismatches: list[int] = []
         self.partial = False
 
@@ -100,6 +112,7 @@ class Comparison:
             if not digest_ok or (source is not None and source[lo : lo + len(block)] != block):
                 self.mismatches.append(index * bs)
         self.checked += count
+        self.checked_runs.append((first, count))
 
     def result(self, against: str) -> dict[str, Any]:
         state = "failed" if self.mismatches else "partial" if self.partial else "passed"
@@ -108,6 +121,8 @@ class Comparison:
             "against": against,
             "blocks-checked": self.checked,
             "blocks-total": self.manifest.block_count,
+            # Exactly which blocks were compared, as [first block, count] runs.
+            "checked-blocks": [list(run) for run in block_runs_of(self.checked_runs)],
             "mismatched-offsets": self.mismatches[:MAX_REPORTED_MISMATCHES],
             "time": clock.now(),
         }

@@ -12,7 +12,6 @@ import datetime as dt
 import logging
 import os
 import shutil
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,7 +19,9 @@ from typing import Any
 
 import yaml
 
+from backupd import hooks
 from backupd.backup import BackupSettings, back_up, source_description
+from backupd.hooks import RetryLater
 from backupd.sources import driver_for
 from backupd.verify import VerifyLimits, verify_against_manifest
 from lifeboat import clock, retention
@@ -42,12 +43,7 @@ from lifeboat.repository import JobDirectory, Repository, RevisionMeta
 
 log = logging.getLogger("lifeboat.backupd")
 
-EX_TEMPFAIL = 75
 FULL_VERIFY_LIMITS = VerifyLimits(fraction=1.0, time_limit=7 * 24 * 3600.0)
-
-
-class RetryLater(LifeboatError):
-    """The freeze hook asked to try again later (exit status 75)."""
 
 
 @dataclass(frozen=True)
@@ -100,34 +96,6 @@ def check_tags(tags: Sequence[str], field_name: str = "tags") -> list[str]:
         except ConfigError:
             raise InvalidArgument(field_name, f"invalid tag {tag!r}") from None
     return sorted(set(tags))
-
-
-def run_freeze_hook(job: Job, revision_id: str) -> None:
-    """Run the job's consistency hook; 0 = go on, 75 = retry later, else fail."""
-    if job.freeze is None:
-        return
-    env = {**os.environ, "LIFEBOAT_JOB": job.name, "LIFEBOAT_REVISION": revision_id}
-    try:
-        result = subprocess.run(
-            job.freeze.command,
-            shell=True,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=job.freeze.timeout.total_seconds(),
-        )
-    except subprocess.TimeoutExpired:
-        raise FailedPrecondition(
-            f"freeze-command timed out after {job.freeze.timeout.total_seconds():.0f}s"
-        ) from None
-    output = (result.stderr or result.stdout).strip().splitlines()
-    detail = f": {output[-1]}" if output else ""
-    if result.returncode == EX_TEMPFAIL:
-        raise RetryLater(f"freeze-command asked to retry later (exit 75){detail}")
-    if result.returncode != 0:
-        raise FailedPrecondition(
-            f"freeze-command failed with exit status {result.returncode}{detail}"
-        )
 
 
 def bytes_used(job_dir: JobDirectory) -> int:
@@ -240,7 +208,8 @@ class BackupWorker:
             driver = driver_for(job.source)
             job_dir.write_job_file(self._job_file(job))
             job_dir.append_log(f"backup started: tags {','.join(tags)} from {driver.describe()}")
-            run_freeze_hook(job, record.name)
+            hooks.freeze(job, record.name)
+            thaw_errors: list[str] = []
             meta = back_up(
                 job_dir,
                 job,
@@ -249,9 +218,12 @@ class BackupWorker:
                 self.settings.backup,
                 lambda done, total: self.registry.progress(record, done, total),
                 record.check_cancelled,
+                thaw=lambda: self._thaw(job, job_dir, record.name, thaw_errors),
             )
             record.revision_id = meta.id
             job_dir.append_log(self._describe_revision(meta))
+            if thaw_errors:
+                raise FailedPrecondition(f"{thaw_errors[0]} (revision {meta.id} was written)")
             if not meta.good:
                 raise FailedPrecondition(
                     f"verification of revision {meta.id} FAILED at offsets "
@@ -261,6 +233,16 @@ class BackupWorker:
             self._expire(job_dir, job)
             driver.after_good_backup(meta.id)
             self.health.pop(job.name, None)
+
+    @staticmethod
+    def _thaw(job: Job, job_dir: JobDirectory, operation: str, errors: list[str]) -> None:
+        """Thaw the source; a failure is kept to fail the operation once the revision is safe."""
+        try:
+            hooks.thaw(job, operation)
+        except FailedPrecondition as error:
+            log.error("job %s: %s", job.name, error)
+            job_dir.append_log(f"backup: {error}")
+            errors.append(str(error))
 
     @staticmethod
     def _job_file(job: Job) -> dict[str, Any]:

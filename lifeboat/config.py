@@ -29,6 +29,7 @@ DEFAULT_RESTORED = "127.0.0.1:9412"
 DEFAULT_SCHEDULER = "127.0.0.1:9410"
 DEFAULT_MONITOR = "127.0.0.1:9413"
 DEFAULT_MONITOR_HTTP = "127.0.0.1:9414"
+DEFAULT_POLL_INTERVAL = dt.timedelta(seconds=10)
 DEFAULT_FREEZE_TIMEOUT = dt.timedelta(minutes=5)
 MAX_NAME_LENGTH = 64
 
@@ -65,6 +66,8 @@ class GlobalConfig:
     restore_targets: tuple[str, ...]
     restore_within: dt.timedelta | None
     sla_factor: float
+    verify_fraction: float = 0.05
+    verify_time_limit: dt.timedelta = dt.timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class Config:
     hosts: Mapping[str, HostConfig]
     schedules: Mapping[str, Schedule]
     jobs: Mapping[str, Job] = field(default_factory=dict)
+    monitor_poll_interval: dt.timedelta = DEFAULT_POLL_INTERVAL
 
     def host(self, name: str) -> HostConfig:
         try:
@@ -228,6 +232,8 @@ def _read_global(reader: _Reader) -> GlobalConfig:
             "restore-targets",
             "restore-within",
             "sla-factor",
+            "verify-fraction",
+            "verify-time-limit",
         },
         frozenset(_BACKY_IGNORED_GLOBAL),
     )
@@ -243,7 +249,16 @@ def _read_global(reader: _Reader) -> GlobalConfig:
         restore_targets=targets,
         restore_within=reader.duration("restore-within"),
         sla_factor=reader.number("sla-factor", 1.5, minimum=1.0),
+        verify_fraction=_fraction(reader, "verify-fraction", 0.05),
+        verify_time_limit=reader.duration("verify-time-limit") or dt.timedelta(minutes=10),
     )
+
+
+def _fraction(reader: _Reader, name: str, default: float) -> float:
+    value = reader.number(name, default, minimum=0.0)
+    if value > 1.0:
+        raise ConfigError(reader.path, reader.child_key(name), "must be between 0 and 1")
+    return value
 
 
 def _read_hosts(reader: _Reader, defaults: GlobalConfig) -> dict[str, HostConfig]:
@@ -343,6 +358,7 @@ def _read_job(
             "source",
             "freeze-command",
             "freeze-timeout",
+            "thaw-command",
             "restore-within",
             "sla-factor",
         }
@@ -363,6 +379,7 @@ def _read_job(
         freeze = FreezeHook(
             reader.string("freeze-command"),
             reader.duration("freeze-timeout") or DEFAULT_FREEZE_TIMEOUT,
+            reader.string("thaw-command") if reader.data.get("thaw-command") else "",
         )
     return Job(
         name=name,
@@ -401,6 +418,7 @@ def parse(document: object, path: str) -> Config:
         hosts=hosts,
         schedules=schedules,
         jobs=jobs,
+        monitor_poll_interval=monitor.duration("poll-interval") or DEFAULT_POLL_INTERVAL,
     )
 
 

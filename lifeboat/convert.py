@@ -106,7 +106,11 @@ def job_to_pb(job: Job) -> pb.Job:
     )
     if job.freeze is not None:
         message.freeze.CopyFrom(
-            pb.FreezeHook(command=job.freeze.command, timeout=duration(job.freeze.timeout))
+            pb.FreezeHook(
+                command=job.freeze.command,
+                timeout=duration(job.freeze.timeout),
+                thaw_command=job.freeze.thaw_command,
+            )
         )
     if job.restore_within is not None:
         message.restore_within.FromTimedelta(job.restore_within)
@@ -126,9 +130,8 @@ def job_from_pb(message: pb.Job, field: str = "job") -> Job:
         tags.append(TagSpec(tag.name, interval, tag.keep))
     freeze = None
     if message.freeze.command:
-        freeze = FreezeHook(
-            message.freeze.command, from_duration(message.freeze.timeout) or FreezeHook("").timeout
-        )
+        timeout = from_duration(message.freeze.timeout) or FreezeHook("").timeout
+        freeze = FreezeHook(message.freeze.command, timeout, message.freeze.thaw_command)
     return Job(
         name=message.name,
         host=message.host,

@@ -44,8 +44,12 @@ Source = FileSource | CephRbdSource
 
 @dataclass(frozen=True)
 class FreezeHook:
+    """`command` runs before the snapshot; `thaw_command` runs once the snapshot is taken
+    (for sources without snapshots: once the image is read), whatever happened."""
+
     command: str
     timeout: dt.timedelta = dt.timedelta(minutes=5)
+    thaw_command: str = ""
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,10 @@ def source_file(path: Path, size: int = 4 * MiB) -> Path:
     return path
 
 
-def job_for(source: Path, name: str = "vm-a", freeze: str = "", timeout: float = 10) -> Job:
-    hook = FreezeHook(freeze, dt.timedelta(seconds=timeout)) if freeze else None
+def job_for(
+    source: Path, name: str = "vm-a", freeze: str = "", timeout: float = 10, thaw: str = ""
+) -> Job:
+    hook = FreezeHook(freeze, dt.timedelta(seconds=timeout), thaw) if freeze else None
     return Job(name, "backup01", HOURLY, FileSource(str(source)), hook)
 
 
@@ -73,6 +75,47 @@ async def test_freeze_hook_outcomes(
         assert harness.worker.job_status("vm-a").last_error == record.error
 
 
+@pytest.mark.parametrize(
+    ("thaw", "source_present", "state", "message"),
+    [
+        pytest.param(
+            "echo $LIFEBOAT_PHASE >> {log}", True, OperationState.SUCCEEDED, "", id="thawed"
+        ),
+        pytest.param(
+            "echo thaw >> {log}",
+            False,
+            OperationState.FAILED,
+            "cannot open source",
+            id="thawed-after-failure",
+        ),
+        pytest.param(
+            "echo thaw >> {log}; exit 4",
+            True,
+            OperationState.FAILED,
+            "thaw-command failed with exit status 4",
+            id="thaw-fails",
+        ),
+    ],
+)
+async def test_thaw_runs_once_after_freeze(
+    tmp_path: Path, thaw: str, source_present: bool, state: OperationState, message: str
+) -> None:
+    hook_log = tmp_path / "hooks.log"
+    source = source_file(tmp_path / "vm.raw")
+    if not source_present:
+        source.unlink()
+    harness = Harness(tmp_path / "repo")
+    job = job_for(source, freeze=f"echo freeze >> {hook_log}", thaw=thaw.format(log=hook_log))
+    record = await harness.backup(job)
+    assert record.state == state, record.error
+    assert message in record.error
+    lines = hook_log.read_text().split()
+    assert lines[0] == "freeze" and lines.count("thaw") == 1
+    if "exit 4" in thaw:
+        assert f"revision {record.revision_id} was written" in record.error
+        assert len(harness.worker.list_revisions("vm-a")) == 1
+
+
 def flip_byte(path: Path, offset: int) -> None:
     with path.open("r+b") as image:
         image.seek(offset)
@@ -98,6 +141,7 @@ async def test_verification_mismatch_distrusts_and_forces_full(tmp_path: Path) -
     assert bad.trust == "distrusted"
     assert bad.verification["state"] == "failed"
     assert bad.verification["mismatched-offsets"] == [5 * MiB]
+    assert bad.verification["checked-blocks"] == [[0, 8 * MiB // 16384]]
     assert harness.worker.get_revision("vm-a", "last").id == bad.id
     status = harness.worker.job_status("vm-a")
     assert (

@@ -95,6 +95,12 @@ def test_backy_config_loads_as_is() -> None:
         pytest.param(
             {"global/worker-limit": 0}, "global.worker-limit", "at least 1", id="worker-limit"
         ),
+        pytest.param(
+            {"global/verify-fraction": 1.5},
+            "global.verify-fraction",
+            "between 0 and 1",
+            id="verify-fraction",
+        ),
         pytest.param({"global/base-dir": "relative"}, "global.base-dir", "absolute", id="base-dir"),
         pytest.param({"global/bogus": 1}, "global.bogus", "unknown key", id="unknown-global"),
         pytest.param(

@@ -18,6 +18,9 @@ class Snapshot(abc.ABC):
     """A frozen view of the source for one backup."""
 
     size: int
+    # True where the snapshot is a point-in-time copy (the source may change meanwhile);
+    # False where reads see the live source, which must stay quiet until the end.
+    point_in_time: bool = False
 
     @abc.abstractmethod
     def read_into(self, offset: int, buffer: memoryview) -> None:

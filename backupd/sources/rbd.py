@@ -46,6 +46,8 @@ def _modules() -> tuple[Any, Any]:
 
 
 class RbdSnapshot(Snapshot):
+    point_in_time = True
+
     def __init__(self, image: Any, parent_snapshot: str | None, label: str) -> None:
         self.image = image
         self.parent_snapshot = parent_snapshot
