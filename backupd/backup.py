@@ -30,6 +30,8 @@ CHUNK_SIZE = 4 * 1024 * 1024
 # Changed extents closer than this are read as one: a round trip to the source costs
 # more than reading (and comparing) the unchanged bytes between them.
 MERGE_GAP = 64 * 1024
+# How many chunks ahead the stored copy of the verification sample is prefetched.
+PREFETCH_DISTANCE = 2
 
 Progress = Callable[[int, int], None]
 
@@ -231,8 +233,11 @@ def copy_changes(
             writer.apply_zeros(offset, length)
             done += length
             progress(done, total)
-    for offset, chunk in snapshot.read_many(p for p in pieces if data.overlaps(*p)):
+    to_read = [p for p in pieces if data.overlaps(*p)]
+    for index, (offset, chunk) in enumerate(snapshot.read_many(to_read)):
         check_cancelled()
+        if index + PREFETCH_DISTANCE < len(to_read):
+            verifier.prefetch(*to_read[index + PREFETCH_DISTANCE])
         stats.bytes_read += len(chunk)
         writer.apply_data(offset, chunk)
         verifier.check_chunk(offset, chunk)

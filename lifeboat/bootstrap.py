@@ -37,6 +37,8 @@ class ServiceSpec:
 
 
 async def _abort_for(error: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
+    if isinstance(error, NotImplementedError):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented")
     if isinstance(error, errors.LifeboatError):
         code = status_for(error)
         log.info("%s failed: %s %s", method, code.name, error)

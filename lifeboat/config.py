@@ -22,6 +22,9 @@ from lifeboat.model import CephRbdSource, FileSource, FreezeHook, Job, Schedule,
 
 log = logging.getLogger(__name__)
 
+# libyaml's loader where PyYAML was built with it: ten times faster on a large fleet.
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 CONFIG_VARIABLE = "LIFEBOAT_CONFIG"
 LOCAL_HOST = "localhost"
 DEFAULT_BACKUPD = "127.0.0.1:9411"
@@ -440,7 +443,7 @@ def load(path: str | None) -> Config:
     except OSError as error:
         raise ConfigError(resolved, "(file)", error.strerror or str(error)) from None
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_SafeLoader)
     except yaml.YAMLError as error:
         raise ConfigError(resolved, "(syntax)", str(error).replace("\n", " ")) from None
     return parse(document, resolved)

@@ -1,26 +1,46 @@
-"""Assembles the monitor: MonitorService, health, reflection, signals."""
+"""Assembles the monitor: poller, MonitorService, HTTP /check and /metrics, health, signals."""
 
 from __future__ import annotations
 
 from lifeboat import config as config_module
 from lifeboat.bootstrap import GrpcDaemon, ServiceSpec
 from lifeboat.v1 import monitor_pb2, monitor_pb2_grpc
+from monitor.core import Monitor
+from monitor.rpc import GrpcSource
 from monitor.service import MonitorServicer
 
 
-def build(config: config_module.Config, listen: str) -> GrpcDaemon:
-    """The daemon, not yet started; tests start it on port 0."""
-    servicer = MonitorServicer()  # type: ignore[abstract]  # RPCs answer UNIMPLEMENTED until their issue lands
+def build(
+    config: config_module.Config, listen: str, http_listen: str | None = None
+) -> tuple[GrpcDaemon, Monitor]:
+    """The daemon and the monitor, not yet started; tests start them on port 0.
+
+    Start the daemon, then `await monitor.start()` (HTTP and polling); stopping the
+    daemon stops the monitor.
+    """
+    monitor = Monitor(config, GrpcSource(), http_listen or config.monitor_http)
+    servicer = MonitorServicer(monitor)
+    path = config.path
+
+    async def reload() -> None:
+        monitor.reconfigure(config_module.load(path))
+
     services = [
         ServiceSpec(
             monitor_pb2.DESCRIPTOR.services_by_name["MonitorService"].full_name,
             lambda server: monitor_pb2_grpc.add_MonitorServiceServicer_to_server(servicer, server),
         ),
     ]
-    return GrpcDaemon("monitor", listen, services)
+    daemon = GrpcDaemon("monitor", listen, services, on_reload=reload, on_stop=monitor.stop)
+    return daemon, monitor
 
 
-async def serve(config: config_module.Config, listen: str) -> None:
-    daemon = build(config, listen)
+async def serve(config: config_module.Config, listen: str, http_listen: str | None = None) -> None:
+    daemon, monitor = build(config, listen, http_listen)
     await daemon.start()
+    try:
+        await monitor.start()
+    except BaseException:
+        await daemon.stop(grace=0)
+        raise
     await daemon.run_until_signalled()

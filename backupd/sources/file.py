@@ -32,6 +32,7 @@ class FileSnapshot(Snapshot):
         self.path = path
         self.fd = fd
         self.size = _size_of(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
 
     def read_into(self, offset: int, buffer: memoryview) -> None:
         done = 0

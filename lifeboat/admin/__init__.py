@@ -11,7 +11,10 @@ from lifeboat.errors import ConfigError, LifeboatError
 
 # Modules that register subcommands: each has `register(subparsers)`; a subcommand
 # sets `func(args, config) -> int` as its default.
-AREAS = ("lifeboat.admin.backup",)
+AREAS = (
+    "lifeboat.admin.backup",
+    "lifeboat.admin.status",
+)
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
