@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from lifeboat import client, convert
+from lifeboat.admin.table import table
 from lifeboat.config import Config
 from lifeboat.errors import NotFound
 from lifeboat.model import Job
@@ -85,14 +86,6 @@ def revision_row(revision: resources_pb2.Revision) -> list[str]:
     ]
 
 
-def print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
-
-
 def run_revisions(args: argparse.Namespace, config: Config) -> int:
     job = job_of(config, args.job)
     address = backupd_address(config, job)
@@ -101,7 +94,7 @@ def run_revisions(args: argparse.Namespace, config: Config) -> int:
         request = backup_pb2.ListRevisionsRequest(job=job.name)
         reply: Any = client.call(address, stub.ListRevisions, request, args.timeout)
     header = ["REVISION", "CREATED (UTC)", "TAGS", "SIZE", "WRITTEN", "TRUST", "VERIFIED"]
-    print_table(header, [revision_row(r) for r in reply.revisions])
+    print("\n".join(table(header, [revision_row(r) for r in reply.revisions])))
     return EXIT_OK
 
 

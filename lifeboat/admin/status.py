@@ -7,6 +7,7 @@ import datetime as dt
 from typing import Any
 
 from lifeboat import client, convert
+from lifeboat.admin.table import table
 from lifeboat.config import Config
 from lifeboat.sla import format_age
 from lifeboat.v1 import monitor_pb2, monitor_pb2_grpc, resources_pb2
@@ -80,14 +81,6 @@ def host_rows(reply: monitor_pb2.GetSlaReportResponse) -> list[list[str]]:
             ]
         )
     return rows
-
-
-def table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    return [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *rows]
-    ]
 
 
 def scheduler_line(scheduler: monitor_pb2.SchedulerSla) -> str:
