@@ -373,8 +373,10 @@ class BackupWorker:
 
     def job_status(self, job: str) -> JobStatus:
         job_dir = self.repository.job(job)
-        revisions = job_dir.revisions() if job_dir.path.is_dir() else []
+        # Running first: a backup that ends in between is then seen as written, never
+        # as neither running nor written (which would make the scheduler start it again).
         running = self.registry.select(job=job, running_only=True, kind=OperationKind.BACKUP)
+        revisions = job_dir.revisions() if job_dir.path.is_dir() else []
         health = self.health.get(job, JobHealth())
         tag_times: dict[str, dt.datetime] = {}
         for meta in revisions:

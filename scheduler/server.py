@@ -1,16 +1,31 @@
-"""Assembles the scheduler: SchedulerService, health, reflection, signals."""
+"""Assembles the scheduler: the fleet scheduler, SchedulerService, health, reflection, signals."""
 
 from __future__ import annotations
 
 from lifeboat import config as config_module
 from lifeboat.bootstrap import GrpcDaemon, ServiceSpec
 from lifeboat.v1 import scheduler_pb2, scheduler_pb2_grpc
+from scheduler.fleet import Scheduler
+from scheduler.hosts import HostClientFactory
+from scheduler.remote import grpc_clients
 from scheduler.service import SchedulerServicer
+from scheduler.settings import SchedulerSettings
 
 
-def build(config: config_module.Config, listen: str) -> GrpcDaemon:
-    """The daemon, not yet started; tests start it on port 0."""
-    servicer = SchedulerServicer()  # type: ignore[abstract]  # RPCs answer UNIMPLEMENTED until their issue lands
+def build(
+    config: config_module.Config,
+    listen: str,
+    settings: SchedulerSettings | None = None,
+    clients: HostClientFactory | None = None,
+) -> tuple[GrpcDaemon, Scheduler]:
+    """The daemon and its scheduler, neither started; tests start them on port 0."""
+    settings = settings or SchedulerSettings()
+    scheduler = Scheduler(config, clients or grpc_clients(settings), settings)
+    servicer = SchedulerServicer(scheduler)
+
+    async def reload() -> None:
+        await scheduler.reload()
+
     services = [
         ServiceSpec(
             scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name,
@@ -19,10 +34,12 @@ def build(config: config_module.Config, listen: str) -> GrpcDaemon:
             ),
         ),
     ]
-    return GrpcDaemon("scheduler", listen, services)
+    daemon = GrpcDaemon("scheduler", listen, services, on_reload=reload, on_stop=scheduler.stop)
+    return daemon, scheduler
 
 
 async def serve(config: config_module.Config, listen: str) -> None:
-    daemon = build(config, listen)
+    daemon, scheduler = build(config, listen)
     await daemon.start()
+    scheduler.start()
     await daemon.run_until_signalled()

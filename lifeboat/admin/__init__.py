@@ -14,6 +14,7 @@ from lifeboat.errors import ConfigError, LifeboatError
 AREAS = (
     "lifeboat.admin.backup",
     "lifeboat.admin.status",
+    "lifeboat.admin.jobs",
 )
 
 EXIT_FAILURE = 1
