@@ -159,7 +159,9 @@ def main(argv: list[str]) -> int:
     rows: list[tuple[str, str, str, bool]] = []
     with tempfile.TemporaryDirectory(prefix="lifeboat-bench-", dir=args.backing_dir) as tmp:
         workdir = Path(tmp)
-        with loop_mount("xfs", 4 * size + 2 * GiB, workdir) as fs:
+        # Room for the image, its cp copy and two revisions; allocated up front so that
+        # whoever writes first does not pay for the backing store.
+        with loop_mount("xfs", 5 * size // 2 + GiB, workdir, preallocate=True) as fs:
             print(
                 f"backup benchmark: {size / GiB:.2f} GiB image on a loop-mounted XFS (reflink=1) "
                 f"backed by {args.backing_dir}"

@@ -210,8 +210,11 @@ class OperationRegistry:
         while True:
             if record.version != seen:
                 seen = record.version
+                # Decided before yielding: an operation that ends while the consumer
+                # handles this update must still be sent once more, in its final state.
+                finished = record.state.finished
                 yield record
-                if record.state.finished:
+                if finished:
                     return
             async with self._changed:
                 try:

@@ -10,13 +10,35 @@ from lifeboat.operation_service import operation_service
 from lifeboat.operations import OperationRegistry
 from lifeboat.v1 import restore_pb2, restore_pb2_grpc
 from restored.service import RestoreServicer
+from restored.worker import RestoreSettings, RestoreWorker
 
 
-def build(config: config_module.Config, host: str, listen: str) -> GrpcDaemon:
+def restore_settings(config: config_module.Config, host: str) -> RestoreSettings:
+    host_config = config.host(host)
+    return RestoreSettings(
+        host=host,
+        base_dir=host_config.base_dir,
+        restore_limit=host_config.restore_limit,
+        restore_targets=host_config.restore_targets,
+        jobs={job.name: job for job in config.jobs_on(host)},
+        restore_within=config.global_.restore_within,
+    )
+
+
+def build(config: config_module.Config, host: str, listen: str) -> tuple[GrpcDaemon, RestoreWorker]:
     """The daemon, not yet started; tests start it on port 0."""
     registry = OperationRegistry(host)
     registry.bind_loop(asyncio.get_running_loop())
-    servicer = RestoreServicer()  # type: ignore[abstract]  # RPCs answer UNIMPLEMENTED until their issue lands
+    worker = RestoreWorker(restore_settings(config, host), registry)
+    servicer = RestoreServicer(worker)
+    path = config.path
+
+    async def reload() -> None:
+        worker.reconfigure(restore_settings(config_module.load(path), host))
+
+    async def stop() -> None:
+        await asyncio.to_thread(worker.shutdown)
+
     services = [
         ServiceSpec(
             restore_pb2.DESCRIPTOR.services_by_name["RestoreService"].full_name,
@@ -24,10 +46,10 @@ def build(config: config_module.Config, host: str, listen: str) -> GrpcDaemon:
         ),
         operation_service(registry),
     ]
-    return GrpcDaemon("restored", listen, services)
+    return GrpcDaemon("restored", listen, services, on_reload=reload, on_stop=stop), worker
 
 
 async def serve(config: config_module.Config, host: str, listen: str) -> None:
-    daemon = build(config, host, listen)
+    daemon, _ = build(config, host, listen)
     await daemon.start()
     await daemon.run_until_signalled()

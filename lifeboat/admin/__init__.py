@@ -15,6 +15,7 @@ AREAS = (
     "lifeboat.admin.backup",
     "lifeboat.admin.status",
     "lifeboat.admin.jobs",
+    "lifeboat.admin.restore",
 )
 
 EXIT_FAILURE = 1

@@ -10,6 +10,7 @@ not root or the tools are missing. Benchmarks can use ``loop_mount`` directly.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import tempfile
@@ -69,12 +70,13 @@ def _mounted(source: str, mount_point: Path, *options: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def loop_mount(fs_type: str, size: int, workdir: Path) -> Iterator[Path]:
+def loop_mount(fs_type: str, size: int, workdir: Path, preallocate: bool = False) -> Iterator[Path]:
     """Mount a new `fs_type` filesystem of `size` bytes under `workdir`; yield the mount point.
 
     `fs_type` is "xfs" (reflink=1), "ext4", "btrfs" (each a sparse image file in `workdir`
-    on a loop device) or "tmpfs". Everything is unmounted, detached and removed on exit,
-    also when the body fails. Needs root.
+    on a loop device) or "tmpfs". With `preallocate` the image file is allocated up front,
+    so benchmarks do not time the first touch of its backing store. Everything is unmounted,
+    detached and removed on exit, also when the body fails. Needs root.
     """
     workdir = Path(workdir)
     mount_point = workdir / f"{fs_type}-mnt"
@@ -87,6 +89,8 @@ def loop_mount(fs_type: str, size: int, workdir: Path) -> Iterator[Path]:
     image = workdir / f"{fs_type}.img"
     with open(image, "wb") as file:
         file.truncate(size)
+        if preallocate:
+            os.posix_fallocate(file.fileno(), 0, size)
     try:
         _run(*MKFS[fs_type], str(image))
         with _loop_device(image) as device, _mounted(device, mount_point):

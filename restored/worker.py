@@ -1,0 +1,486 @@
+"""The restore worker of one host: starts restores and streams, limits them, predicts.
+
+Restores never wait: restored is its own process with its own limit (`restore-limit`),
+reads committed revisions without any lock, and runs each restore on its own thread
+as soon as it is asked. Nothing is locked globally; the only lock a restore may ever
+take is the job's, and only without blocking (see distrust.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from lifeboat.errors import (
+    Cancelled,
+    FailedPrecondition,
+    InvalidArgument,
+    LifeboatError,
+    NotFound,
+    ResourceExhausted,
+)
+from lifeboat.model import CephRbdSource, Job
+from lifeboat.operations import OperationKind, OperationRecord, OperationRegistry, OperationState
+from lifeboat.repository import (
+    LAST,
+    REVISION_ID,
+    JobDirectory,
+    Repository,
+    RevisionMeta,
+    validate_job_name,
+)
+from restored.copy import DEFAULT_CHUNK_SIZE, copy_revision
+from restored.distrust import Distruster, Finding, append_log
+from restored.reader import CorruptRevision, RevisionReader
+from restored.targets import (
+    PathTarget,
+    Target,
+    TargetPolicy,
+    TargetWriter,
+    open_path_writer,
+    resolve_target,
+)
+from restored.throughput import FILE_NAME, ThroughputMeter
+
+log = logging.getLogger("lifeboat.restored")
+
+DEFAULT_STREAM_CHUNK = 1024 * 1024
+MIN_STREAM_CHUNK = 4096
+MAX_STREAM_CHUNK = 3 * 1024 * 1024
+"""Stays below gRPC's default 4 MiB limit on received messages."""
+
+
+@dataclass(frozen=True)
+class RestoreSettings:
+    host: str
+    base_dir: Path
+    restore_limit: int
+    restore_targets: tuple[str, ...]
+    jobs: Mapping[str, Job] = field(default_factory=dict)
+    """The config's jobs on this host: restore-within, and the Ceph cluster of RBD jobs."""
+    restore_within: dt.timedelta | None = None
+    """The global default, for jobs found in the repository but not in the config."""
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+
+
+@dataclass(frozen=True)
+class RevisionChoice:
+    """A revision id, or the newest good revision with `tag`, or (neither) the newest good."""
+
+    revision_id: str = ""
+    tag: str = ""
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    job: str
+    target: str
+    choice: RevisionChoice = RevisionChoice()
+    overwrite: bool = False
+    restore_within: dt.timedelta | None = None
+
+
+@dataclass(frozen=True)
+class RestoreEstimate:
+    job: str
+    revision_id: str
+    size: int
+    data_bytes: int
+    predicted: dt.timedelta | None
+    restore_within: dt.timedelta | None
+    meets_restore_target: bool
+
+
+@dataclass(frozen=True)
+class EstimateReport:
+    estimates: list[RestoreEstimate]
+    throughput: float
+    running_restores: int
+
+
+def _describe_os_error(error: OSError) -> str:
+    text = error.strerror or str(error)
+    return f"{text}: {error.filename}" if error.filename else text
+
+
+class RestoreWorker:
+    def __init__(self, settings: RestoreSettings, registry: OperationRegistry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.repository = Repository(settings.base_dir)
+        self.meter = ThroughputMeter(settings.base_dir / FILE_NAME)
+        self.distruster = Distruster(self.repository)
+        self._claims: dict[str, str] = {}  # target key -> operation name
+        self._claims_lock = threading.Lock()
+        self._threads: set[threading.Thread] = set()
+
+    def reconfigure(self, settings: RestoreSettings) -> None:
+        if settings.base_dir != self.settings.base_dir:
+            log.warning("base-dir changes need a restart; keeping %s", self.settings.base_dir)
+            settings = replace(settings, base_dir=self.settings.base_dir)
+        self.settings = settings
+
+    # -- choosing what to restore ----------------------------------------------------------
+
+    def _job_dir(self, job: str) -> JobDirectory:
+        if not job:
+            raise InvalidArgument("job", "required")
+        job_dir = self.repository.job(job)
+        if not job_dir.exists():
+            raise NotFound(f"job {job!r} has no revisions on host {self.settings.host}")
+        return job_dir
+
+    def _good(self, meta: RevisionMeta) -> bool:
+        return meta.good and not self.distruster.is_pending(meta.job, meta.id)
+
+    def choose_revision(self, job_dir: JobDirectory, choice: RevisionChoice) -> RevisionMeta:
+        if choice.revision_id:
+            if not REVISION_ID.fullmatch(choice.revision_id):
+                raise InvalidArgument("revision_id", f"{choice.revision_id!r} is not a revision id")
+            meta = job_dir.revision(choice.revision_id)
+            if not self._good(meta):
+                raise FailedPrecondition(
+                    f"revision {meta.id} of job {job_dir.name} is distrusted; restore another "
+                    "revision (its raw image can still be copied by hand)"
+                )
+            return meta
+        good = [m for m in job_dir.revisions() if self._good(m)]
+        if choice.tag:
+            good = [m for m in good if choice.tag in m.tags]
+            if not good:
+                raise NotFound(f"job {job_dir.name} has no good revision tagged {choice.tag!r}")
+        elif not good:
+            raise NotFound(f"job {job_dir.name} has no good revision")
+        return good[-1]
+
+    def _restore_within(self, job: str, requested: dt.timedelta | None) -> dt.timedelta | None:
+        if requested is not None:
+            if requested <= dt.timedelta(0):
+                raise InvalidArgument("restore_within", "must be positive")
+            return requested
+        configured = self.settings.jobs.get(job)
+        return configured.restore_within if configured else self.settings.restore_within
+
+    def _policy(self) -> TargetPolicy:
+        settings = self.settings
+        return TargetPolicy(settings.host, settings.restore_targets, settings.base_dir)
+
+    # -- claims: the limit, and one restore per target -----------------------------------
+
+    def _claim(self, key: str) -> None:
+        with self._claims_lock:
+            holder = self._claims.get(key)
+            if holder is not None:
+                raise FailedPrecondition(f"target {key} is being restored by {holder}")
+            if len(self._claims) >= self.settings.restore_limit:
+                raise ResourceExhausted(
+                    f"host {self.settings.host} runs {len(self._claims)} restores "
+                    f"(restore-limit {self.settings.restore_limit}); try again later"
+                )
+            self._claims[key] = "a starting restore"
+
+    def _claimed(self, key: str, record: OperationRecord) -> None:
+        with self._claims_lock:
+            self._claims[key] = record.name
+
+    def _release(self, key: str) -> None:
+        with self._claims_lock:
+            self._claims.pop(key, None)
+
+    # -- restores --------------------------------------------------------------------------
+
+    def _open_writer(
+        self, target: Target, size: int, overwrite: bool, job: str, policy: TargetPolicy
+    ) -> TargetWriter:
+        if isinstance(target, PathTarget):
+            return open_path_writer(target, size, overwrite, policy)
+        from restored.rbd_target import RbdWriter  # needs the Ceph modules only when used
+
+        configured = self.settings.jobs.get(job)
+        cluster = configured.source if configured else None
+        return RbdWriter(
+            target, size, overwrite, cluster if isinstance(cluster, CephRbdSource) else None
+        )
+
+    def start_restore(self, request: RestoreRequest) -> OperationRecord:
+        """Check everything, open source and target, and start the restore on its own thread.
+
+        Returns at once with the running operation; PermissionDenied, AlreadyExists etc.
+        are raised before anything is written.
+        """
+        job_dir = self._job_dir(request.job)
+        restore_within = self._restore_within(request.job, request.restore_within)
+        meta = self.choose_revision(job_dir, request.choice)
+        policy = self._policy()
+        target = resolve_target(request.target, policy)
+        self._claim(target.key)
+        try:
+            reader = RevisionReader(job_dir, meta)
+        except BaseException:
+            self._release(target.key)
+            raise
+        try:
+            writer = self._open_writer(target, reader.size, request.overwrite, job_dir.name, policy)
+        except BaseException:
+            reader.close()
+            self._release(target.key)
+            raise
+        record = self.registry.create(
+            OperationKind.RESTORE,
+            job_dir.name,
+            target=target.text,
+            revision_id=meta.id,
+            restore_within=restore_within,
+        )
+        self._claimed(target.key, record)
+        self._spawn(record, self._run_restore, record, job_dir, reader, writer, target)
+        return record
+
+    def _spawn(self, record: OperationRecord, function: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=function, args=args, name=record.name, daemon=True)
+        self._threads.add(thread)
+        thread.start()
+
+    def _run_restore(
+        self,
+        record: OperationRecord,
+        job_dir: JobDirectory,
+        reader: RevisionReader,
+        writer: TargetWriter,
+        target: Target,
+    ) -> None:
+        started = time.monotonic()
+        self.registry.start(record, reader.data_bytes)
+        log.info(
+            "%s: revision %s of %s to %s", record.name, reader.meta.id, record.job, target.text
+        )
+        state, error = OperationState.SUCCEEDED, ""
+        append_log(
+            job_dir,
+            f"restore of revision {reader.meta.id} to {target.text} started ({record.name})",
+        )
+        try:
+            copy_revision(
+                reader,
+                writer,
+                lambda done, total: self.registry.progress(record, done, total),
+                record.check_cancelled,
+                self.settings.chunk_size,
+            )
+            writer.finish()
+        except BaseException as failure:
+            state, error = self._failure(failure, reader)
+            left = self._abort(writer)
+            error = f"{error}; {left}" if left else error
+        else:
+            self.meter.record(reader.data_bytes, time.monotonic() - started)
+        finally:
+            reader.close()
+            self._release(target.key)
+            self._threads.discard(threading.current_thread())
+        self._log_end(job_dir, record, state, error)
+        self.registry.finish(record, state, error)
+
+    def _failure(
+        self, failure: BaseException, reader: RevisionReader
+    ) -> tuple[OperationState, str]:
+        if isinstance(failure, CorruptRevision):
+            outcome = self.distruster.distrust(
+                Finding(
+                    failure.job,
+                    failure.revision_id,
+                    tuple(failure.offsets),
+                    failure.offsets[-1] // reader.block_size + 1,
+                    reader.manifest.block_count,
+                )
+            )
+            return OperationState.FAILED, f"{failure}: {outcome}"
+        if isinstance(failure, Cancelled):
+            return OperationState.CANCELLED, str(failure)
+        if isinstance(failure, LifeboatError):
+            return OperationState.FAILED, str(failure)
+        if isinstance(failure, OSError):
+            return OperationState.FAILED, _describe_os_error(failure)
+        log.error("restore crashed", exc_info=failure)
+        return OperationState.FAILED, f"internal error: {failure!r}"
+
+    @staticmethod
+    def _abort(writer: TargetWriter) -> str:
+        try:
+            return writer.abort()
+        except Exception as error:
+            log.exception("cleaning up %s failed", writer.description)
+            return f"cleaning up {writer.description} failed: {error}"
+
+    @staticmethod
+    def _log_end(
+        job_dir: JobDirectory, record: OperationRecord, state: OperationState, error: str
+    ) -> None:
+        outcome = f"{state.value}: {error}" if error else state.value
+        level = logging.INFO if state == OperationState.SUCCEEDED else logging.ERROR
+        log.log(level, "%s %s", record.name, outcome)
+        append_log(job_dir, f"restore {record.name} to {record.target} {outcome}")
+
+    # -- streams ---------------------------------------------------------------------------
+
+    def open_stream(self, job: str, revision_id: str, chunk_size: int, peer: str) -> RevisionStream:
+        """A verified stream of a revision's data, tracked as a restore operation."""
+        if chunk_size == 0:
+            chunk_size = DEFAULT_STREAM_CHUNK
+        if not MIN_STREAM_CHUNK <= chunk_size <= MAX_STREAM_CHUNK:
+            raise InvalidArgument(
+                "chunk_size", f"must be 0 or {MIN_STREAM_CHUNK}..{MAX_STREAM_CHUNK} bytes"
+            )
+        if not revision_id:
+            raise InvalidArgument("revision_id", "required: a revision id or 'last'")
+        job_dir = self._job_dir(job)
+        choice = RevisionChoice() if revision_id == LAST else RevisionChoice(revision_id)
+        meta = self.choose_revision(job_dir, choice)
+        key = f"stream:{secrets.token_hex(8)}"
+        self._claim(key)
+        try:
+            reader = RevisionReader(job_dir, meta)
+        except BaseException:
+            self._release(key)
+            raise
+        record = self.registry.create(
+            OperationKind.RESTORE, job_dir.name, target=f"stream:{peer}", revision_id=meta.id
+        )
+        self._claimed(key, record)
+        self.registry.start(record, reader.data_bytes)
+        return RevisionStream(self, record, reader, key, chunk_size)
+
+    def _stream_ended(self, stream: RevisionStream, failure: BaseException | None) -> None:
+        stream.reader.close()
+        self._release(stream.key)
+        if failure is None:
+            self.registry.finish(stream.record, OperationState.SUCCEEDED)
+            return
+        state, error = self._failure(failure, stream.reader)
+        self.registry.finish(stream.record, state, error)
+
+    # -- estimates -------------------------------------------------------------------------
+
+    def running_restores(self) -> int:
+        return len(self.registry.running(OperationKind.RESTORE))
+
+    def estimates(self, jobs: Sequence[str]) -> EstimateReport:
+        known = set(self.repository.job_names()) | set(self.settings.jobs)
+        for name in jobs:
+            validate_job_name(name)
+            if name not in known:
+                raise NotFound(
+                    f"job {name!r} is neither configured for nor stored on host "
+                    f"{self.settings.host}"
+                )
+        names = sorted(set(jobs) if jobs else known)
+        return EstimateReport(
+            [self._estimate(name) for name in names],
+            self.meter.bytes_per_second(),
+            self.running_restores(),
+        )
+
+    def _estimate(self, job: str) -> RestoreEstimate:
+        restore_within = self._restore_within(job, None)
+        job_dir = self.repository.job(job)
+        good = [m for m in job_dir.revisions() if self._good(m)] if job_dir.exists() else []
+        meta = good[-1] if good else None
+        data_bytes = _data_bytes(job_dir, meta) if meta else 0
+        predicted = self.meter.predict(data_bytes) if meta else None
+        if restore_within is None:
+            meets = True
+        elif meta is None:
+            meets = False  # nothing to restore meets no objective
+        else:
+            meets = predicted is None or predicted <= restore_within
+        return RestoreEstimate(
+            job=job,
+            revision_id=meta.id if meta else "",
+            size=meta.size if meta else 0,
+            data_bytes=data_bytes,
+            predicted=predicted,
+            restore_within=restore_within,
+            meets_restore_target=meets,
+        )
+
+    # -- stopping --------------------------------------------------------------------------
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Cancel running restores (their temporary files are removed) and wait for them."""
+        for record in self.registry.select(running_only=True, kind=OperationKind.RESTORE):
+            record.cancel_requested.set()
+        deadline = time.monotonic() + timeout
+        for thread in list(self._threads):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.distruster.stop()
+
+
+def _data_bytes(job_dir: JobDirectory, meta: RevisionMeta) -> int:
+    """Allocated bytes of the revision's image: what a restore has to copy."""
+    try:
+        info = os.stat(job_dir.image_path(meta.id))
+    except FileNotFoundError:
+        return 0
+    return min(info.st_blocks * 512, meta.size)
+
+
+class RevisionStream:
+    """One ReadRevision call: (offset, data) pieces of at most `chunk_size` bytes, in order."""
+
+    def __init__(
+        self,
+        worker: RestoreWorker,
+        record: OperationRecord,
+        reader: RevisionReader,
+        key: str,
+        chunk_size: int,
+    ) -> None:
+        self.worker = worker
+        self.record = record
+        self.reader = reader
+        self.key = key
+        self.chunk_size = chunk_size
+        self._buffer = bytearray(max(chunk_size, reader.block_size))
+        self._closed = False
+        self._lock = threading.Lock()
+        self._iterator = self._pieces()
+
+    @property
+    def size(self) -> int:
+        return self.reader.size
+
+    def _pieces(self) -> Iterator[tuple[int, bytes]]:
+        done, total = 0, self.reader.data_bytes
+        for chunk in self.reader.chunks(self._buffer):
+            self.record.check_cancelled()
+            for piece in chunk.pieces:
+                if piece.data is None:
+                    continue
+                for start in range(0, piece.length, self.chunk_size):
+                    data = piece.data[start : start + self.chunk_size].tobytes()
+                    yield piece.offset + start, data
+            done += chunk.data_bytes
+            self.worker.registry.progress(self.record, done, total)
+
+    def next_piece(self) -> tuple[int, bytes] | None:
+        """The next (offset, data) of the revision, None at the end; holes and zero blocks
+        are skipped. Called from one thread at a time."""
+        with self._lock:
+            if self._closed:
+                raise Cancelled(f"{self.record.name} is closed")
+            return next(self._iterator, None)
+
+    def close(self, failure: BaseException | None = None) -> None:
+        """End the operation; waits for a `next_piece` running in another thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.worker._stream_ended(self, failure)
