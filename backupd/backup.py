@@ -234,15 +234,26 @@ def copy_changes(
             done += length
             progress(done, total)
     to_read = [p for p in pieces if data.overlaps(*p)]
-    for index, (offset, chunk) in enumerate(snapshot.read_many(to_read)):
-        check_cancelled()
-        if index + PREFETCH_DISTANCE < len(to_read):
-            verifier.prefetch(*to_read[index + PREFETCH_DISTANCE])
-        stats.bytes_read += len(chunk)
-        writer.apply_data(offset, chunk)
-        verifier.check_chunk(offset, chunk)
-        done += len(chunk)
-        progress(done, total)
+    # Where only named extents are read, the rest of the verification sample joins the same
+    # pipelined stream of reads instead of waiting for a second pass.
+    sample_only = [] if whole_image else verifier.unseen(to_read)
+    reads = sorted([(*p, True) for p in to_read] + [(*p, False) for p in sample_only])
+    stream = snapshot.read_many((offset, length) for offset, length, _ in reads)
+    try:
+        for index, ((offset, chunk), (_, _, changed)) in enumerate(zip(stream, reads, strict=True)):
+            check_cancelled()
+            if index + PREFETCH_DISTANCE < len(reads):
+                verifier.prefetch(*reads[index + PREFETCH_DISTANCE][:2])
+            if changed:
+                stats.bytes_read += len(chunk)
+                writer.apply_data(offset, chunk)
+                done += len(chunk)
+                progress(done, total)
+            verifier.check_chunk(offset, chunk, written=changed)
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
     return stats
 
 

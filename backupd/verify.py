@@ -113,15 +113,31 @@ class Comparison:
         self.checked += count
         self.checked_runs.append((first, count))
         # memoryview == bytes compares item by item; bytes == bytes is one memcmp.
-        if digests_from_source and source is not None and source[:length].tobytes() == stored:
+        same_as_source = source is None or source[:length].tobytes() == stored
+        if same_as_source and digests_from_source:
             return
+        if same_as_source and self._digests(first, count, stored) == self.manifest.digest_range(
+            first, count
+        ):
+            return
+        self.mismatches += self._mismatching_blocks(first, count, stored, source)
+
+    def _digests(self, first: int, count: int, stored: bytes) -> bytes:
+        view, bs = memoryview(stored), self.manifest.block_size
+        return b"".join(xxhash.xxh3_128_digest(view[i * bs : (i + 1) * bs]) for i in range(count))
+
+    def _mismatching_blocks(
+        self, first: int, count: int, stored: bytes, source: memoryview | None
+    ) -> list[int]:
         bs = self.manifest.block_size
+        bad = []
         for index in range(first, first + count):
             lo = (index - first) * bs
             block = stored[lo : lo + self.manifest.block_length(index)]
             digest_ok = xxhash.xxh3_128_digest(block) == self.manifest.digest(index)
             if not digest_ok or (source is not None and source[lo : lo + len(block)] != block):
-                self.mismatches.append(index * bs)
+                bad.append(index * bs)
+        return bad
 
     def result(self, against: str) -> dict[str, Any]:
         state = "failed" if self.mismatches else "partial" if self.partial else "passed"
@@ -162,8 +178,9 @@ class SampleVerifier:
             start, size = self.comparison.byte_range(first, count)
             os.posix_fadvise(self.comparison.fd, start, size, os.POSIX_FADV_WILLNEED)
 
-    def check_chunk(self, offset: int, data: memoryview) -> None:
-        """`data` holds the source's bytes at block-aligned `offset`, already written."""
+    def check_chunk(self, offset: int, data: memoryview, written: bool = True) -> None:
+        """`data` holds the source's bytes at block-aligned `offset`. `written`: the copy just
+        brought these blocks (and their manifest entries) up to date from this very data."""
         first = offset // self.block_size
         lo, hi = self._sampled_within(offset, len(data))
         if lo == hi or self.comparison.expired():
@@ -171,14 +188,29 @@ class SampleVerifier:
         for run_first, count in block_runs(self.sampled[lo:hi]):
             start = (run_first - first) * self.block_size
             source = data[start : start + count * self.block_size]
-            self.comparison.compare(run_first, count, source, digests_from_source=True)
+            self.comparison.compare(run_first, count, source, digests_from_source=written)
         self.verified[lo:hi] = b"\x01" * (hi - lo)
+
+    def _unverified_runs(self) -> list[tuple[int, int]]:
+        return block_runs(
+            i for i, done in zip(self.sampled, self.verified, strict=True) if not done
+        )
+
+    def unseen(self, pieces: list[Extent]) -> list[Extent]:
+        """Byte ranges of the sample that lie outside `pieces` (sorted, block-aligned): what a
+        copy of only those pieces must also read from the source to verify its sample."""
+        starts = [offset for offset, _ in pieces]
+        outside = []
+        for index in self.sampled:
+            at = index * self.block_size
+            position = bisect.bisect_right(starts, at) - 1
+            if position < 0 or at >= pieces[position][0] + pieces[position][1]:
+                outside.append(index)
+        return [self.comparison.byte_range(first, count) for first, count in block_runs(outside)]
 
     def finish(self, snapshot: Snapshot) -> dict[str, Any]:
         """Read the part of the sample the copy did not see from the source and check it."""
-        remaining = block_runs(
-            i for i, done in zip(self.sampled, self.verified, strict=True) if not done
-        )
+        remaining = self._unverified_runs()
         reads = snapshot.read_many(self.comparison.byte_range(f, c) for f, c in remaining)
         try:
             for (first, count), (_, source) in zip(remaining, reads, strict=False):

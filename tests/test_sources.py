@@ -222,3 +222,31 @@ async def test_incremental_shares_extents_on_xfs(
         f"the incremental revision used {used} bytes; it should share its parent's extents"
     )
     assert image_of(harness, name) == backend.content(name, record.revision_id)
+
+
+async def test_rot_in_parent_is_caught_by_the_next_verification(
+    backend: Backend, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """An unchanged block whose stored copy rotted reaches the new revision through the
+    clone; the verification sample (here: every block) compares it with the source."""
+    name = unique_name(request)
+    job = Job(name, "backup01", SCHEDULE, backend.create(name, SIZE))
+    backend.write(name, 0, random.randbytes(SIZE))
+    harness = Harness(tmp_path / "repo")
+    first = await harness.backup(job)
+    assert first.state == OperationState.SUCCEEDED, first.error
+    harness.worker.settings.backup.verify.__init__(fraction=1.0)  # type: ignore[misc]
+    stored = harness.base_dir / name / first.revision_id
+    with stored.open("r+b") as image:
+        image.seek(6 * MiB + 100)
+        image.write(b"\x00\x01\x02")
+    backend.write(name, MiB, random.randbytes(4096))  # an unrelated change
+
+    second = await harness.backup(job)
+    assert second.state == OperationState.FAILED
+    meta = harness.worker.get_revision(name, second.revision_id)
+    assert meta.trust == "distrusted"
+    assert meta.verification["mismatched-offsets"] == [6 * MiB]
+    third = await harness.backup(job)
+    assert third.state == OperationState.SUCCEEDED, third.error
+    assert image_of(harness, name) == backend.content(name, third.revision_id)
