@@ -20,6 +20,7 @@ from lifeboat import clock
 from lifeboat.errors import Cancelled, NotFound
 
 KEEP_FINISHED = 1000
+PROGRESS_INTERVAL = 0.1
 
 
 class OperationKind(enum.Enum):
@@ -64,6 +65,7 @@ class OperationRecord:
     cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
     _started_monotonic: float = 0.0
     _ended_monotonic: float = 0.0
+    _progress_notified: float = 0.0
 
     def throughput(self) -> float:
         """Bytes per second since the operation started running."""
@@ -165,7 +167,12 @@ class OperationRegistry:
         record.bytes_done = bytes_done
         if bytes_total is not None:
             record.bytes_total = bytes_total
-        self._bump(record)
+        # Watchers see progress at most every PROGRESS_INTERVAL: a backup reports every
+        # chunk, and waking the event loop from a worker thread each time costs real time.
+        now = time.monotonic()
+        if now - record._progress_notified >= PROGRESS_INTERVAL:
+            record._progress_notified = now
+            self._bump(record)
 
     def finish(self, record: OperationRecord, state: OperationState, error: str = "") -> None:
         record.state = state
