@@ -19,12 +19,12 @@ from backupd import extents
 from backupd.sources.base import Snapshot, SourceDriver
 from backupd.verify import SampleVerifier, VerifyLimits
 from lifeboat import clock
+from lifeboat.blockio import punch_hole
 from lifeboat.clone import limit_cow_preallocation
 from lifeboat.errors import ResourceExhausted
 from lifeboat.manifest import ALGORITHM, DEFAULT_BLOCK_SIZE, DIGEST_SIZE, Manifest, zero_digest
 from lifeboat.model import Job
 from lifeboat.repository import JobDirectory, RevisionMeta
-from lifeboat.sparse import punch_hole
 
 CHUNK_SIZE = 4 * 1024 * 1024
 # Changed extents closer than this are read as one: a round trip to the source costs

@@ -21,6 +21,7 @@ import xxhash
 from backupd.extents import Extent
 from backupd.sources.base import Snapshot
 from lifeboat import clock
+from lifeboat.blockio import read_into
 from lifeboat.manifest import Manifest
 
 WINDOW_BLOCKS = 64
@@ -69,14 +70,11 @@ def block_runs_of(runs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return joined
 
 
-def _read(fd: int, offset: int, length: int) -> bytes:
-    data = os.pread(fd, length, offset)
-    while len(data) < length:
-        more = os.pread(fd, length - len(data), offset + len(data))
-        if not more:
-            break
-        data += more
-    return data
+def _read(fd: int, offset: int, length: int) -> bytearray:
+    buffer = bytearray(length)
+    done = read_into(fd, memoryview(buffer), offset)
+    del buffer[done:]
+    return buffer
 
 
 class Comparison:
@@ -122,12 +120,12 @@ class Comparison:
             return
         self.mismatches += self._mismatching_blocks(first, count, stored, source)
 
-    def _digests(self, first: int, count: int, stored: bytes) -> bytes:
+    def _digests(self, first: int, count: int, stored: bytearray) -> bytes:
         view, bs = memoryview(stored), self.manifest.block_size
         return b"".join(xxhash.xxh3_128_digest(view[i * bs : (i + 1) * bs]) for i in range(count))
 
     def _mismatching_blocks(
-        self, first: int, count: int, stored: bytes, source: memoryview | None
+        self, first: int, count: int, stored: bytearray, source: memoryview | None
     ) -> list[int]:
         bs = self.manifest.block_size
         bad = []

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import xxhash
 
+from lifeboat.blockio import read_into
 from lifeboat.clone import data_extents
 from lifeboat.errors import DataLoss, FailedPrecondition, InvalidArgument
 
@@ -252,12 +253,8 @@ def _digest_data(fd: int, manifest: Manifest, chunk_size: int) -> None:
 
 
 def _read_exactly(fd: int, view: memoryview, offset: int) -> None:
-    while view:
-        count = os.preadv(fd, [view], offset)
-        if count == 0:
-            raise FailedPrecondition(f"file shrank while being digested (at byte {offset})")
-        view = view[count:]
-        offset += count
+    if read_into(fd, view, offset) < len(view):
+        raise FailedPrecondition(f"file shrank while being digested (at byte {offset})")
 
 
 def _digest_chunk(manifest: Manifest, chunk: memoryview, first_block: int) -> None:

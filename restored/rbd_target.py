@@ -14,25 +14,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from lifeboat.errors import AlreadyExists, NotFound, Unavailable
+from lifeboat import ceph
+from lifeboat.errors import AlreadyExists, NotFound
 from lifeboat.model import CephRbdSource
 from restored.targets import RbdTarget, TargetWriter
 
 log = logging.getLogger("lifeboat.restored.rbd")
 
 CONNECT_TIMEOUT = 10
-
-
-def _modules() -> tuple[Any, Any]:
-    try:
-        import rados
-        import rbd
-    except ImportError as error:
-        raise Unavailable(
-            f"the Ceph Python modules are not available ({error}); install python3-rbd "
-            "python3-rados and run `make` to link them into the virtualenv"
-        ) from None
-    return rados, rbd
 
 
 class RbdWriter(TargetWriter):
@@ -45,18 +34,14 @@ class RbdWriter(TargetWriter):
         self.overwriting = False
         self.ioctx: Any = None
         self.image: Any = None
-        rados, rbd = _modules()
+        rados, rbd = ceph.modules()
         self._rbd = rbd
-        self.cluster = rados.Rados(
-            conffile=cluster.conf if cluster else "",
-            rados_id=(cluster.id or None) if cluster else None,
+        self.cluster = ceph.connect(
+            cluster.conf if cluster else "",
+            cluster.id if cluster else "",
+            target.key,
+            timeout=CONNECT_TIMEOUT,
         )
-        try:
-            self.cluster.connect(timeout=CONNECT_TIMEOUT)
-        except rados.Error as error:
-            raise Unavailable(
-                f"{target.key}: cannot connect to the Ceph cluster: {error}"
-            ) from None
         try:
             try:
                 self.ioctx = self.cluster.open_ioctx(target.pool)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import xxhash
 
+from lifeboat.blockio import read_into
 from lifeboat.clone import data_extents
 from lifeboat.errors import DataLoss, NotFound
 from lifeboat.manifest import ALGORITHM, DIGEST_SIZE, MAGIC, VERSION, block_count, zero_digest
@@ -130,12 +131,9 @@ def _block_ranges(fd: int, size: int, block_size: int) -> list[tuple[int, int]]:
 
 
 def _read_exactly(fd: int, view: memoryview, offset: int) -> None:
-    while view:
-        count = os.preadv(fd, [view], offset)
-        if count == 0:
-            raise DataLoss(f"the stored image ends early, at byte {offset}")
-        view = view[count:]
-        offset += count
+    done = read_into(fd, view, offset)
+    if done < len(view):
+        raise DataLoss(f"the stored image ends early, at byte {offset + done}")
 
 
 class RevisionReader:

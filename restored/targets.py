@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lifeboat.blockio import punch_hole
 from lifeboat.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -29,7 +30,6 @@ from lifeboat.errors import (
     NotFound,
     PermissionDenied,
 )
-from lifeboat.sparse import punch_hole
 
 RBD_PREFIX = "rbd:"
 _RBD_TARGET = re.compile(r"rbd:([A-Za-z0-9_.-]+)/([A-Za-z0-9_.+-]+)")

@@ -243,7 +243,7 @@ async def test_reader_detects_damage(tmp_path: Path, damage: str, bad_offset: in
     if damage == "flip-data":
         flip_byte(image, bad_offset + 100)
     else:
-        from lifeboat.sparse import punch_hole
+        from lifeboat.blockio import punch_hole
 
         fd = os.open(image, os.O_RDWR)
         try:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 from backupd.extents import Extent
 from backupd.sources.base import Snapshot, SourceDriver, SourceError, read_ahead
-from lifeboat import clone
+from lifeboat import blockio, clone
 from lifeboat.model import FileSource
 
 
@@ -35,15 +35,12 @@ class FileSnapshot(Snapshot):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
 
     def read_into(self, offset: int, buffer: memoryview) -> None:
-        done = 0
-        while done < len(buffer):
-            count = os.preadv(self.fd, [buffer[done:]], offset + done)
-            if count == 0:
-                raise SourceError(
-                    f"{self.path}: source shrank during the backup "
-                    f"(read ended at {offset + done}, expected {self.size} bytes)"
-                )
-            done += count
+        done = blockio.read_into(self.fd, buffer, offset)
+        if done < len(buffer):
+            raise SourceError(
+                f"{self.path}: source shrank during the backup "
+                f"(read ended at {offset + done}, expected {self.size} bytes)"
+            )
 
     def read_many(self, pieces: Iterable[Extent]) -> Iterator[tuple[int, memoryview]]:
         """Read ahead in a thread, so reading overlaps the digesting and writing of the caller."""

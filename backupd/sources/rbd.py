@@ -19,30 +19,17 @@ from typing import Any
 
 from backupd.extents import Extent, merge
 from backupd.sources.base import Snapshot, SourceDriver, SourceError
-from lifeboat.errors import Unavailable
+from lifeboat import ceph
 from lifeboat.model import CephRbdSource
 
 log = logging.getLogger("lifeboat.backupd.rbd")
 
 SNAPSHOT_PREFIX = "lifeboat-"
-CONNECT_TIMEOUT = 30
 READ_DEPTH = 32
 
 
 def snapshot_name(revision_id: str) -> str:
     return f"{SNAPSHOT_PREFIX}{revision_id}"
-
-
-def _modules() -> tuple[Any, Any]:
-    try:
-        import rados
-        import rbd
-    except ImportError as error:
-        raise Unavailable(
-            f"the Ceph Python modules are not available ({error}); install python3-rbd "
-            "python3-rados and run `make` to link them into the virtualenv"
-        ) from None
-    return rados, rbd
 
 
 class RbdSnapshot(Snapshot):
@@ -126,14 +113,8 @@ class RbdDriver(SourceDriver):
     @contextlib.contextmanager
     def _connection(self) -> Iterator[Any]:
         """An I/O context on the source's pool, for one backup's worth of calls."""
-        rados, _ = _modules()
-        cluster = rados.Rados(conffile=self.source.conf or "", rados_id=self.source.id or None)
-        try:
-            cluster.connect(timeout=CONNECT_TIMEOUT)
-        except rados.Error as error:
-            raise Unavailable(
-                f"{self.describe()}: cannot connect to the Ceph cluster: {error}"
-            ) from None
+        rados, _ = ceph.modules()
+        cluster = ceph.connect(self.source.conf, self.source.id, self.describe())
         try:
             with cluster.open_ioctx(self.source.pool) as ioctx:
                 yield ioctx
@@ -144,7 +125,7 @@ class RbdDriver(SourceDriver):
 
     @contextlib.contextmanager
     def _image(self, ioctx: Any, snapshot: str | None = None) -> Iterator[Any]:
-        _, rbd = _modules()
+        _, rbd = ceph.modules()
         try:
             image = rbd.Image(
                 ioctx, self.source.image, snapshot=snapshot, read_only=snapshot is not None

@@ -1,4 +1,4 @@
-"""Holes in files: punching them where data became zeros."""
+"""Block-level file I/O: reading ranges whole, punching holes where data became zeros."""
 
 from __future__ import annotations
 
@@ -29,3 +29,14 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
     while length > 0:
         count = os.pwrite(fd, zeros[: min(length, len(zeros))], offset)
         offset, length = offset + count, length - count
+
+
+def read_into(fd: int, view: memoryview, offset: int) -> int:
+    """Fill `view` from `offset`; returns how many bytes were read (fewer only at the end)."""
+    done = 0
+    while done < len(view):
+        count = os.preadv(fd, [view[done:]], offset + done)
+        if count == 0:
+            break
+        done += count
+    return done
