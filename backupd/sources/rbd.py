@@ -11,7 +11,6 @@ every block is compared.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -25,7 +24,8 @@ from lifeboat.model import CephRbdSource
 log = logging.getLogger("lifeboat.backupd.rbd")
 
 SNAPSHOT_PREFIX = "lifeboat-"
-READ_DEPTH = 32
+READ_DEPTH = 128
+READ_AHEAD_BYTES = 64 * 1024 * 1024
 
 
 def snapshot_name(revision_id: str) -> str:
@@ -63,10 +63,12 @@ class RbdSnapshot(Snapshot):
         buffer[:] = data
 
     def read_many(self, pieces: Iterable[Extent]) -> Iterator[tuple[int, memoryview]]:
-        """Keep READ_DEPTH reads in flight: scattered small reads are latency-bound."""
-        pieces = iter(pieces)
+        """Keep reads in flight, up to READ_DEPTH of them or READ_AHEAD_BYTES: scattered
+        small reads are latency-bound, big ones should not flood the OSDs."""
+        waiting = iter(pieces)
         in_flight: deque[tuple[int, int, Any]] = deque()
         results: dict[int, bytes] = {}
+        bytes_in_flight = 0
 
         def submit(offset: int, length: int) -> None:
             def done(completion: Any, data: bytes) -> None:
@@ -74,18 +76,25 @@ class RbdSnapshot(Snapshot):
 
             in_flight.append((offset, length, self.image.aio_read(offset, length, done)))
 
-        for offset, length in itertools.islice(pieces, READ_DEPTH):
-            submit(offset, length)
+        def fill() -> None:
+            nonlocal bytes_in_flight
+            while len(in_flight) < READ_DEPTH and bytes_in_flight < READ_AHEAD_BYTES:
+                piece = next(waiting, None)
+                if piece is None:
+                    return
+                submit(*piece)
+                bytes_in_flight += piece[1]
+
+        fill()
         try:
             while in_flight:
                 offset, length, completion = in_flight.popleft()
                 completion.wait_for_complete_and_cb()
+                bytes_in_flight -= length
                 data = results.pop(offset, b"")
                 if len(data) != length:
                     raise SourceError(f"{self.label}: read of {length} bytes at {offset} failed")
-                following = next(pieces, None)
-                if following is not None:
-                    submit(*following)
+                fill()
                 yield offset, memoryview(data)
         finally:
             for _, _, completion in in_flight:
