@@ -19,7 +19,7 @@ from backupd import extents
 from backupd.sources.base import Snapshot, SourceDriver
 from backupd.verify import SampleVerifier, VerifyLimits
 from lifeboat import clock
-from lifeboat.blockio import punch_hole
+from lifeboat.blockio import punch_hole, start_writeback
 from lifeboat.clone import limit_cow_preallocation
 from lifeboat.errors import ResourceExhausted
 from lifeboat.manifest import ALGORITHM, DEFAULT_BLOCK_SIZE, DIGEST_SIZE, Manifest, zero_digest
@@ -30,6 +30,9 @@ CHUNK_SIZE = 4 * 1024 * 1024
 # Changed extents closer than this are read as one: a round trip to the source costs
 # more than reading (and comparing) the unchanged bytes between them.
 MERGE_GAP = 64 * 1024
+# Written bytes after which writeback is started in the background, so the final
+# fsync overlaps with the copy instead of following it.
+WRITEBACK_EVERY = 32 * 1024 * 1024
 # How many chunks ahead the stored copy of the verification sample is prefetched.
 PREFETCH_DISTANCE = 2
 
@@ -105,6 +108,7 @@ class BlockWriter:
         self.manifest = manifest
         self.stats = stats
         self.block_size = manifest.block_size
+        self._unflushed = 0
 
     def apply_zeros(self, offset: int, length: int) -> None:
         """The source holds only zeros here: punch holes where the image had data."""
@@ -146,6 +150,10 @@ class BlockWriter:
             else:
                 _write_all(self.fd, data[lo:hi], offset + lo)
                 self.stats.bytes_written += hi - lo
+                self._unflushed += hi - lo
+        if self._unflushed >= WRITEBACK_EVERY:
+            self._unflushed = 0
+            start_writeback(self.fd)
         self.stats.blocks_changed += count
 
     def _blocks(self, length: int) -> int:
