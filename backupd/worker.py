@@ -17,8 +17,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from backupd import hooks
 from backupd.backup import BackupSettings, back_up, source_description
 from backupd.hooks import RetryLater
@@ -428,8 +426,3 @@ class BackupWorker:
         for record in self.registry.select(running_only=True):
             record.cancel_requested.set()
         self.executor.shutdown(wait=True, cancel_futures=True)
-
-
-def load_job_file(job_dir: JobDirectory) -> dict[str, Any]:
-    path = job_dir.path / "job.yaml"
-    return yaml.safe_load(path.read_text()) if path.exists() else {}

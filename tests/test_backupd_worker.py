@@ -3,7 +3,6 @@ vanishing sources and kill -9 never leave a half revision or harm an older one."
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import os
@@ -128,10 +127,9 @@ async def test_verification_mismatch_distrusts_and_forces_full(tmp_path: Path) -
     """Bit rot in the parent's stored copy of an unchanged block reaches the new revision
     through the clone; the sampled comparison with the source must catch it."""
     source = source_file(tmp_path / "vm.raw", 8 * MiB)
-    harness = Harness(tmp_path / "repo")
+    harness = Harness(tmp_path / "repo", verify_fraction=1.0)
     first = await harness.backup(job_for(source))
     assert first.state == OperationState.SUCCEEDED
-    harness.worker.settings.backup.verify.__init__(fraction=1.0)  # type: ignore[misc]
     flip_byte(tmp_path / "repo" / "vm-a" / first.revision_id, 5 * MiB + 7)
 
     record = await harness.backup(job_for(source))
@@ -318,8 +316,8 @@ def test_kill_9_mid_backup_leaves_no_partial_revision(tmp_path: Path) -> None:
         assert (job_dir.path / "last").read_bytes() == source.read_bytes()
 
 
-def test_no_event_loop_needed_for_pure_helpers() -> None:
-    # check_tags is the one validation shared by StartBackup and UpdateRevisionTags.
+def test_check_tags() -> None:
+    # The one validation shared by StartBackup and UpdateRevisionTags.
     from backupd.worker import check_tags
     from lifeboat.errors import InvalidArgument
 
@@ -331,4 +329,3 @@ def test_no_event_loop_needed_for_pure_helpers() -> None:
     for bad in ([], ["../x"], ["a b"], ["manual:"]):
         with pytest.raises(InvalidArgument):
             check_tags(bad)
-    assert asyncio.iscoroutinefunction(Harness.backup)

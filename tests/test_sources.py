@@ -232,10 +232,9 @@ async def test_rot_in_parent_is_caught_by_the_next_verification(
     name = unique_name(request)
     job = Job(name, "backup01", SCHEDULE, backend.create(name, SIZE))
     backend.write(name, 0, random.randbytes(SIZE))
-    harness = Harness(tmp_path / "repo")
+    harness = Harness(tmp_path / "repo", verify_fraction=1.0)
     first = await harness.backup(job)
     assert first.state == OperationState.SUCCEEDED, first.error
-    harness.worker.settings.backup.verify.__init__(fraction=1.0)  # type: ignore[misc]
     stored = harness.base_dir / name / first.revision_id
     with stored.open("r+b") as image:
         image.seek(6 * MiB + 100)

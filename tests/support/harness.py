@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from backupd.backup import BackupSettings
+from backupd.verify import VerifyLimits
 from backupd.worker import BackupWorker, WorkerSettings
 from lifeboat.model import Job
 from lifeboat.operations import OperationRecord, OperationRegistry
@@ -13,9 +15,12 @@ from lifeboat.operations import OperationRecord, OperationRegistry
 class Harness:
     """The real worker on a repository, driven from one event loop."""
 
-    def __init__(self, base_dir: Path, worker_limit: int = 2) -> None:
+    def __init__(
+        self, base_dir: Path, worker_limit: int = 2, verify_fraction: float = 0.05
+    ) -> None:
         self.base_dir = base_dir
         self.worker_limit = worker_limit
+        self.verify_fraction = verify_fraction
         self.registry = OperationRegistry("backup01")
         self._worker: BackupWorker | None = None
 
@@ -23,7 +28,8 @@ class Harness:
     def worker(self) -> BackupWorker:
         if self._worker is None:
             self.registry.bind_loop(asyncio.get_running_loop())
-            settings = WorkerSettings("backup01", self.base_dir, self.worker_limit)
+            backup = BackupSettings(verify=VerifyLimits(fraction=self.verify_fraction))
+            settings = WorkerSettings("backup01", self.base_dir, self.worker_limit, backup)
             self._worker = BackupWorker(settings, self.registry)
         return self._worker
 
