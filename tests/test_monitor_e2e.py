@@ -208,6 +208,11 @@ def test_nagios_story(story: Story) -> None:
     http_code, http_out = story.check_http("-u", "/check", "-s", "LIFEBOAT OK")
     assert http_code == 0 and "200 OK" in http_out, http_out
     assert story.check("--job", "vm-mail")[0] == 0
+    # OK already holds while a job still waits for its first backup within its grace, so
+    # wait until the monitor has seen every job's backup before reading the table.
+    deadline = time.monotonic() + 3 * POLL_INTERVAL + 2
+    while "never" in story.status() and time.monotonic() < deadline:
+        time.sleep(0.1)
     table = story.status().splitlines()
     assert table[0].split()[:3] == ["JOB", "HOST", "STATE"]
     for row, job in zip(table[1:4], sorted(JOBS), strict=True):
