@@ -17,6 +17,7 @@ from lifeboat.model import FileSource, FreezeHook, Job, Schedule, TagSpec
 from lifeboat.operations import OperationState
 from lifeboat.repository import Repository
 from tests.support.harness import Harness
+from tests.support.images import flip_byte
 from tests.support.loopfs import loop_mount
 from tests.support.needs import need_root
 from tests.support.processes import fleet, free_port, grpcurl
@@ -113,14 +114,6 @@ async def test_thaw_runs_once_after_freeze(
     if "exit 4" in thaw:
         assert f"revision {record.revision_id} was written" in record.error
         assert len(harness.worker.list_revisions("vm-a")) == 1
-
-
-def flip_byte(path: Path, offset: int) -> None:
-    with path.open("r+b") as image:
-        image.seek(offset)
-        byte = image.read(1)
-        image.seek(offset)
-        image.write(bytes([byte[0] ^ 0xFF]))
 
 
 async def test_verification_mismatch_distrusts_and_forces_full(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ import pytest
 from lifeboat import client, convert
 from lifeboat import config as config_module
 from lifeboat.v1 import backup_pb2, backup_pb2_grpc, resources_pb2
+from tests.support.images import flip_byte
 from tests.support.needs import need
 from tests.support.processes import BIN, Daemon, Fleet, fleet, free_port
 
@@ -237,11 +238,7 @@ def test_nagios_story(story: Story) -> None:
     # 4. A flipped byte in vm-web01's newest revision, found by VerifyRevision: WARNING.
     newest = story.backup("vm-web01")
     image = story.config.hosts["backup01"].base_dir / "vm-web01" / newest.revision_id
-    with image.open("r+b") as raw:
-        raw.seek(12345)
-        byte = raw.read(1)[0]
-        raw.seek(12345)
-        raw.write(bytes([byte ^ 0x01]))
+    flip_byte(image, 12345)
     verified = story.verify("vm-web01")
     assert verified.state == resources_pb2.OPERATION_STATE_FAILED
     code, line, _ = story.wait_for(1, "--job", "vm-web01", within=3 * POLL_INTERVAL + 2)

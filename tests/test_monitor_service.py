@@ -44,6 +44,7 @@ from lifeboat.v1 import (
 )
 from monitor import check as check_plugin
 from monitor.core import Monitor
+from tests.support.images import flip_byte
 from tests.support.processes import BIN, free_port
 
 H = dt.timedelta(hours=1)
@@ -239,14 +240,6 @@ def shift_clock(monkeypatch: pytest.MonkeyPatch, by: dt.timedelta) -> None:
     monkeypatch.setattr(clock, "now", lambda: real() + by)
 
 
-def flip_byte(path: Path, offset: int = 4096) -> None:
-    with path.open("r+b") as image:
-        image.seek(offset)
-        value = image.read(1)[0]
-        image.seek(offset)
-        image.write(bytes([value ^ 0xFF]))
-
-
 # -- MonitorService ----------------------------------------------------------------------
 
 
@@ -364,7 +357,7 @@ async def test_corrupted_revision_is_warning(fleet: Fleet) -> None:
     newest = await fleet.backup("vm-web01")
     await fleet.backup("vm-db01")
     await fleet.backup("vm-mail")
-    flip_byte(fleet.image("vm-web01", newest.revision_id))
+    flip_byte(fleet.image("vm-web01", newest.revision_id), 4096)
     verified = await fleet.verify("vm-web01")
     assert verified.state == resources_pb2.OPERATION_STATE_FAILED
     await fleet.poll()

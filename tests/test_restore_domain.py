@@ -35,6 +35,7 @@ from restored.targets import (
 )
 from restored.throughput import FILE_NAME, ThroughputMeter
 from tests.support.harness import Harness
+from tests.support.images import flip_byte
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -64,14 +65,6 @@ async def back_up(harness: Harness, job: Job, tags: tuple[str, ...] = ("hourly",
     record = await harness.backup(job, tags)
     assert record.state == OperationState.SUCCEEDED, record.error
     return record.revision_id
-
-
-def flip_byte(path: Path, offset: int) -> None:
-    with path.open("r+b") as image:
-        image.seek(offset)
-        byte = image.read(1)
-        image.seek(offset)
-        image.write(bytes([byte[0] ^ 0xFF]))
 
 
 # --- targets --------------------------------------------------------------------------

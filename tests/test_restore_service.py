@@ -32,8 +32,9 @@ from restored.throughput import FILE_NAME
 from restored.worker import RestoreWorker
 from tests.support.ceph import CephCluster, rbd_modules_importable
 from tests.support.harness import Harness
+from tests.support.images import flip_byte
 from tests.support.needs import need, need_root
-from tests.test_restore_domain import BLOCK, KiB, MiB, back_up, flip_byte, write_image
+from tests.test_restore_domain import BLOCK, KiB, MiB, back_up, write_image
 
 SUCCEEDED = resources_pb2.OPERATION_STATE_SUCCEEDED
 FAILED = resources_pb2.OPERATION_STATE_FAILED
