@@ -23,6 +23,7 @@ from bench.common import (
     Backupd,
     GiB,
     MiB,
+    add_backing_dir,
     apply_changes_to_file,
     backupd,
     change_plan,
@@ -172,12 +173,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--size-mib", type=int, default=4096, help="image size (default 4 GiB)")
     parser.add_argument("--rounds", type=int, default=3, help="measurements per figure (median)")
     parser.add_argument("--no-ceph", action="store_true", help="skip the Ceph figures")
-    parser.add_argument(
-        "--backing-dir",
-        default="/dev/shm",
-        help="where the loop device's file lives (default /dev/shm: RAM, so the figures measure "
-        "Lifeboat, not a noisy virtual disk)",
-    )
+    add_backing_dir(parser)
     args, _ = parser.parse_known_args(argv)
     size = args.size_mib * MiB
     rows: list[Row] = []

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.common import GiB, MiB, drop_caches, report, timed, vm_hwm
+from bench.common import GiB, MiB, add_backing_dir, drop_caches, report, timed, vm_hwm
 from lifeboat import convert
 from lifeboat.model import FileSource, Job, Schedule, TagSpec
 from lifeboat.v1 import (
@@ -305,12 +305,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--parallel", type=int, default=4, help="parallel restores")
     parser.add_argument("--worker-limit", type=int, default=2, help="backups run at once")
     parser.add_argument("--latency-samples", type=int, default=5)
-    parser.add_argument(
-        "--backing-dir",
-        default="/dev/shm",
-        help="where the loop device's file lives (default /dev/shm: RAM, so the figures measure "
-        "Lifeboat, not a noisy virtual disk)",
-    )
+    add_backing_dir(parser)
     args, _ = parser.parse_known_args(argv)
     size = args.size_mib * MiB
     small_size = size // args.parallel

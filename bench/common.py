@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import subprocess
@@ -22,6 +23,15 @@ GiB = 1024 * MiB
 CHANGED_WRITES = 2000
 CHANGED_REGION = 32 * MiB
 SCHEDULE = Schedule("bench", (TagSpec("daily", __import__("datetime").timedelta(days=1), 7),))
+
+
+def add_backing_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backing-dir",
+        default="/dev/shm",
+        help="where the loop device's file lives (default /dev/shm: RAM, so the figures measure "
+        "Lifeboat, not a noisy virtual disk)",
+    )
 
 
 def drop_caches() -> None:
