@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ import pytest
 
 from tests.support.ceph import LINK_SCRIPT, CephCluster, ceph_available, rbd_modules_importable
 from tests.support.needs import need
+from tests.support.processes import alive
 
 pytestmark = pytest.mark.ceph
 
@@ -21,14 +21,6 @@ OBJECT_SIZE = 4 * MiB  # rbd's default (order 22)
 IMAGE_SIZE = 64 * MiB
 
 Extent = tuple[int, int]  # (offset, length)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def pattern(seed: int, length: int) -> bytes:

@@ -1,9 +1,25 @@
 """A real, throw-away single-node Ceph cluster for tests (see ``tests/support/ceph-cluster``).
 
-One monitor and one memstore OSD, no mgr, authentication off, all state in one directory.
+One monitor and one OSD, no mgr, authentication off, all state in one directory.
 Start one with :meth:`CephCluster.start` and drive it with the ``rbd`` CLI
 (:meth:`CephCluster.rbd`) or the ``rados``/``rbd`` Python modules using
 :attr:`CephCluster.conf` as the conffile.
+
+The start script reads its settings from the environment (``os.environ`` at the time of
+:meth:`CephCluster.start`, which overrides some of them with its arguments):
+
+``CEPH_OBJECTSTORE``
+    The OSD's objectstore. ``memstore`` (the default) keeps everything in RAM, up to
+    ``CEPH_MEMSTORE_BYTES`` (default 4 GiB). ``bluestore`` is production BlueStore
+    (O_DIRECT, checksums, syncs, RocksDB and its WAL on the same device) on one sparse
+    file, ``DIR/osd/ceph-0/block``, of ``CEPH_BLUESTORE_BYTES`` (default 8 GiB); its speed
+    is that of the filesystem holding ``DIR`` (tmpfs or a real disk). Only its
+    ``osd memory target`` is lowered, to 2 GiB. Startup takes a few seconds longer.
+``CEPH_MEMSTORE_BYTES``, ``CEPH_BLUESTORE_BYTES``
+    Capacity of the memstore OSD / size of the BlueStore block file, in bytes.
+``CEPH_PORT``, ``CEPH_START_TIMEOUT``
+    The monitor's port (default: a free one) and the start script's own deadline in
+    seconds (default 60).
 """
 
 from __future__ import annotations
@@ -22,6 +38,7 @@ SCRIPT = Path(__file__).with_name("ceph-cluster")
 LINK_SCRIPT = Path(__file__).with_name("link-ceph-modules")
 DEFAULT_POOL = "rbd"
 BINARIES = ("ceph-mon", "ceph-osd", "ceph", "monmaptool", "rbd", "setsid")
+OBJECTSTORES = ("memstore", "bluestore")
 
 # Generous upper bounds; the cluster's own client timeouts (10-30 s) should fire first.
 START_TIMEOUT = 120.0
@@ -135,18 +152,25 @@ class CephCluster:
     pool: str = DEFAULT_POOL
 
     @classmethod
-    def start(cls, dir: Path | str, *, port: int | None = None) -> CephCluster:
+    def start(
+        cls, dir: Path | str, *, port: int | None = None, objectstore: str | None = None
+    ) -> CephCluster:
         """Create and start a fresh cluster in ``dir`` (absent or empty).
 
         Returns once ``rbd`` works on :attr:`pool`. ``port`` is the monitor's port; by
-        default a free one is picked. Raises ``RuntimeError`` with the daemon log tails if
-        the cluster does not come up.
+        default a free one is picked. ``objectstore`` ("memstore" or "bluestore") overrides
+        ``CEPH_OBJECTSTORE`` (see the module docstring). Raises ``RuntimeError`` with the
+        daemon log tails if the cluster does not come up.
         """
+        if objectstore is not None and objectstore not in OBJECTSTORES:
+            raise ValueError(f"objectstore must be one of {OBJECTSTORES}, not {objectstore!r}")
         path = Path(dir).absolute()
         env = dict(os.environ)
         env.pop("CEPH_POOL", None)
         if port is not None:
             env["CEPH_PORT"] = str(port)
+        if objectstore is not None:
+            env["CEPH_OBJECTSTORE"] = objectstore
         with _adopting_orphans():
             result = subprocess.run(
                 [str(SCRIPT), "start", str(path)],
