@@ -7,24 +7,26 @@ an empty sparse file and every block with data counts as changed.
 from __future__ import annotations
 
 import bisect
+import concurrent.futures
 import errno
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import xxhash
 
 from backupd import extents
 from backupd.sources.base import Snapshot, SourceDriver
-from backupd.verify import SampleVerifier, VerifyLimits
+from backupd.verify import PREFETCH_DISTANCE, SampleVerifier, VerifyLimits
 from lifeboat import clock
 from lifeboat.blockio import punch_hole, start_writeback
 from lifeboat.clone import limit_cow_preallocation
 from lifeboat.errors import ResourceExhausted
 from lifeboat.manifest import ALGORITHM, DEFAULT_BLOCK_SIZE, DIGEST_SIZE, Manifest, zero_digest
 from lifeboat.model import Job
-from lifeboat.repository import JobDirectory, RevisionMeta
+from lifeboat.repository import JobDirectory, RevisionMeta, RevisionWriter
 
 CHUNK_SIZE = 4 * 1024 * 1024
 # Changed extents closer than this are read as one: a round trip to the source costs
@@ -32,9 +34,7 @@ CHUNK_SIZE = 4 * 1024 * 1024
 MERGE_GAP = 64 * 1024
 # Written bytes after which writeback is started in the background, so the final
 # fsync overlaps with the copy instead of following it.
-WRITEBACK_EVERY = 32 * 1024 * 1024
-# How many chunks ahead the stored copy of the verification sample is prefetched.
-PREFETCH_DISTANCE = 2
+WRITEBACK_EVERY = 8 * 1024 * 1024
 
 Progress = Callable[[int, int], None]
 
@@ -103,12 +103,20 @@ def scan_extents(
 class BlockWriter:
     """Compares chunks of the source with the manifest and writes the blocks that differ."""
 
-    def __init__(self, fd: int, manifest: Manifest, stats: WriteStats) -> None:
+    def __init__(
+        self,
+        fd: int,
+        manifest: Manifest,
+        stats: WriteStats,
+        background: concurrent.futures.Executor,
+    ) -> None:
         self.fd = fd
         self.manifest = manifest
         self.stats = stats
         self.block_size = manifest.block_size
+        self.background = background
         self._unflushed = 0
+        self._writeback: concurrent.futures.Future[None] | None = None
 
     def apply_zeros(self, offset: int, length: int) -> None:
         """The source holds only zeros here: punch holes where the image had data."""
@@ -152,9 +160,15 @@ class BlockWriter:
                 self.stats.bytes_written += hi - lo
                 self._unflushed += hi - lo
         if self._unflushed >= WRITEBACK_EVERY:
-            self._unflushed = 0
-            start_writeback(self.fd)
+            self._start_writeback()
         self.stats.blocks_changed += count
+
+    def _start_writeback(self) -> None:
+        """Queue writeback of what was written so far; it blocks while it submits the
+        writes, so it runs in the background, one at a time (each covers the whole file)."""
+        self._unflushed = 0
+        if self._writeback is None or self._writeback.done():
+            self._writeback = self.background.submit(start_writeback, self.fd)
 
     def _blocks(self, length: int) -> int:
         return -(-length // self.block_size)
@@ -221,13 +235,14 @@ def copy_changes(
     scan: list[extents.Extent],
     settings: BackupSettings,
     verifier: SampleVerifier,
+    background: concurrent.futures.Executor,
     progress: Progress,
     check_cancelled: Callable[[], None],
 ) -> WriteStats:
     """Bring the image behind `fd` (and `manifest`) up to date with `snapshot` over `scan`;
-    sampled blocks among those read are verified on the way."""
+    sampled blocks among those read are verified on the way. `background` starts writeback."""
     stats = WriteStats()
-    writer = BlockWriter(fd, manifest, stats)
+    writer = BlockWriter(fd, manifest, stats, background)
     # Where the source named what changed, those extents are read as they are (zeros in
     # them are found by digest); a whole-image scan asks the source where data lies.
     whole_image = scan == extents.align([(0, manifest.size)], manifest.block_size, manifest.size)
@@ -242,26 +257,24 @@ def copy_changes(
             done += length
             progress(done, total)
     to_read = [p for p in pieces if data.overlaps(*p)]
-    # Where only named extents are read, the rest of the verification sample joins the same
-    # pipelined stream of reads instead of waiting for a second pass.
-    sample_only = [] if whole_image else verifier.unseen(to_read)
-    reads = sorted([(*p, True) for p in to_read] + [(*p, False) for p in sample_only])
-    stream = snapshot.read_many((offset, length) for offset, length, _ in reads)
-    try:
-        for index, ((offset, chunk), (_, _, changed)) in enumerate(zip(stream, reads, strict=True)):
-            check_cancelled()
-            if index + PREFETCH_DISTANCE < len(reads):
-                verifier.prefetch(*reads[index + PREFETCH_DISTANCE][:2])
-            if changed:
+    with verifier.checking_aside(snapshot, verifier.unseen(to_read)):
+        for offset, length in to_read[:PREFETCH_DISTANCE]:
+            verifier.prefetch(offset, length)
+        stream = snapshot.read_many(to_read)
+        try:
+            for index, (offset, chunk) in enumerate(stream):
+                check_cancelled()
+                if index + PREFETCH_DISTANCE < len(to_read):
+                    verifier.prefetch(*to_read[index + PREFETCH_DISTANCE])
                 stats.bytes_read += len(chunk)
                 writer.apply_data(offset, chunk)
                 done += len(chunk)
                 progress(done, total)
-            verifier.check_chunk(offset, chunk, written=changed)
-    finally:
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()
+                verifier.check_chunk(offset, chunk, written=True)
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
     return stats
 
 
@@ -287,28 +300,20 @@ def back_up(
     revision_id = job_dir.new_revision_id()
     writer = job_dir.begin(revision_id)
     try:
-        with driver.snapshot(revision_id, parent.id if parent else None) as snapshot:
-            if snapshot.point_in_time:
-                thaw_once()
-            writer.start_from(parent, snapshot.size)
-            manifest = (
-                resized(Manifest.read(job_dir.sums_path(parent.id)), snapshot.size)
-                if parent is not None
-                else Manifest(settings.block_size, snapshot.size)
-            )
-            scan = scan_extents(snapshot, parent, manifest.block_size)
-            fd = os.open(writer.image_tmp_path, os.O_RDWR | os.O_CLOEXEC)
-            try:
-                limit_cow_preallocation(fd, manifest.block_size)
-                verifier = SampleVerifier(manifest, fd, settings.verify)
-                stats = copy_changes(
-                    snapshot, fd, manifest, scan, settings, verifier, progress, check_cancelled
+        # Cloning the parent and reading its manifest are local work; taking the source's
+        # snapshot may wait on the network (Ceph): do both at once.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="clone") as helper:
+            parent_manifest = helper.submit(_start_from_parent, writer, job_dir, parent)
+            with driver.snapshot(revision_id, parent.id if parent else None) as snapshot:
+                if snapshot.point_in_time:
+                    thaw_once()
+                manifest = _manifest_for(parent_manifest.result(), settings, snapshot.size)
+                writer.resize(snapshot.size)
+                scan = scan_extents(snapshot, parent, manifest.block_size)
+                stats, verification = _write_image(
+                    writer, snapshot, manifest, scan, settings, progress, check_cancelled
                 )
-                os.fsync(fd)
-                verification = verifier.finish(snapshot)
                 thaw_once()
-            finally:
-                os.close(fd)
         meta = RevisionMeta(
             id=revision_id,
             job=job.name,
@@ -337,6 +342,58 @@ def back_up(
         raise
     finally:
         thaw_once()
+
+
+def _start_from_parent(
+    writer: RevisionWriter, job_dir: JobDirectory, parent: RevisionMeta | None
+) -> Manifest | None:
+    """Make the new image a clone of the parent's (or empty); the parent's manifest."""
+    writer.start_from(parent, parent.size if parent is not None else 0)
+    return Manifest.read(job_dir.sums_path(parent.id)) if parent is not None else None
+
+
+def _manifest_for(
+    parent_manifest: Manifest | None, settings: BackupSettings, size: int
+) -> Manifest:
+    if parent_manifest is None:
+        return Manifest(settings.block_size, size)
+    return resized(parent_manifest, size)
+
+
+def _write_image(
+    writer: RevisionWriter,
+    snapshot: Snapshot,
+    manifest: Manifest,
+    scan: list[extents.Extent],
+    settings: BackupSettings,
+    progress: Progress,
+    check_cancelled: Callable[[], None],
+) -> tuple[WriteStats, dict[str, Any]]:
+    """Copy the changes into the new image, make it durable, verify the sample."""
+    fd = os.open(writer.image_tmp_path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        limit_cow_preallocation(fd, manifest.block_size)
+        # Writeback and prefetching block while they queue I/O: one helper thread runs them.
+        background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="io")
+        try:
+            verifier = SampleVerifier(manifest, fd, settings.verify, background)
+            stats = copy_changes(
+                snapshot,
+                fd,
+                manifest,
+                scan,
+                settings,
+                verifier,
+                background,
+                progress,
+                check_cancelled,
+            )
+        finally:
+            background.shutdown(wait=True, cancel_futures=True)
+        os.fsync(fd)
+        return stats, verifier.finish(snapshot)
+    finally:
+        os.close(fd)
 
 
 def _once(action: Callable[[], None]) -> Callable[[], None]:

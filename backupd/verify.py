@@ -3,16 +3,20 @@ revision against its own manifest (bit rot).
 
 The sample of a backup is checked where it is cheapest: blocks that the backup read
 anyway are compared with the new revision right after they were written; the rest of
-the sample is read from the source at the end.
+the sample, which the backup does not write, is read from the source by a helper thread
+while the copy runs.
 """
 
 from __future__ import annotations
 
 import bisect
+import concurrent.futures
+import contextlib
 import os
 import random
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +29,8 @@ from lifeboat.blockio import read_into
 from lifeboat.manifest import Manifest
 
 WINDOW_BLOCKS = 64
+# How many reads ahead the stored copy of the sample is prefetched.
+PREFETCH_DISTANCE = 8
 MAX_REPORTED_MISMATCHES = 100
 MANIFEST_WINDOW_BLOCKS = 1024
 
@@ -88,6 +94,7 @@ class Comparison:
         self.checked_runs: list[tuple[int, int]] = []
         self.mismatches: list[int] = []
         self.partial = False
+        self._record = threading.Lock()  # the copy and the helper thread both compare
 
     def expired(self) -> bool:
         if time.monotonic() > self.deadline:
@@ -108,17 +115,21 @@ class Comparison:
         """
         offset, length = self.byte_range(first, count)
         stored = _read(self.fd, offset, length)
-        self.checked += count
-        self.checked_runs.append((first, count))
-        # memoryview == bytes compares item by item; bytes == bytes is one memcmp.
-        same_as_source = source is None or source[:length].tobytes() == stored
+        with self._record:
+            self.checked += count
+            self.checked_runs.append((first, count))
+        # bytearray == memoryview is one memcmp (memoryview == bytearray would compare
+        # item by item).
+        same_as_source = source is None or stored == source[:length]
         if same_as_source and digests_from_source:
             return
         if same_as_source and self._digests(first, count, stored) == self.manifest.digest_range(
             first, count
         ):
             return
-        self.mismatches += self._mismatching_blocks(first, count, stored, source)
+        bad = self._mismatching_blocks(first, count, stored, source)
+        with self._record:
+            self.mismatches += bad
 
     def _digests(self, first: int, count: int, stored: bytearray) -> bytes:
         view, bs = memoryview(stored), self.manifest.block_size
@@ -152,16 +163,25 @@ class Comparison:
 
 
 class SampleVerifier:
-    """Checks a random sample of a new revision against its source during and after the copy."""
+    """Checks a random sample of a new revision against its source during and after the copy.
+
+    `background` runs the prefetching of the sample's stored copy.
+    """
 
     def __init__(
-        self, manifest: Manifest, fd: int, limits: VerifyLimits, rng: random.Random | None = None
+        self,
+        manifest: Manifest,
+        fd: int,
+        limits: VerifyLimits,
+        background: concurrent.futures.Executor,
+        rng: random.Random | None = None,
     ) -> None:
         windows = sample_windows(manifest.block_count, limits.fraction, rng or random.Random())
         self.sampled = [i for first, count in windows for i in range(first, first + count)]
         self.verified = bytearray(len(self.sampled))
         self.comparison = Comparison(manifest, fd, limits)
         self.block_size = manifest.block_size
+        self.background = background
 
     def _sampled_within(self, offset: int, length: int) -> tuple[int, int]:
         """Positions [lo, hi) in `sampled` of the blocks within the byte range."""
@@ -170,10 +190,16 @@ class SampleVerifier:
         return bisect.bisect_left(self.sampled, first), bisect.bisect_left(self.sampled, end)
 
     def prefetch(self, offset: int, length: int) -> None:
-        """Ask the kernel to start reading the stored sample of a range the copy will reach soon."""
+        """Have the kernel read the stored sample of a range the copy will reach soon, in
+        the background (the hint itself can block while it queues the reads). Only the page
+        cache is filled, so blocks the copy writes meanwhile are still read as written."""
         lo, hi = self._sampled_within(offset, length)
-        for first, count in block_runs(self.sampled[lo:hi]):
-            start, size = self.comparison.byte_range(first, count)
+        ranges = [self.comparison.byte_range(f, c) for f, c in block_runs(self.sampled[lo:hi])]
+        if ranges:
+            self.background.submit(self._will_need, ranges)
+
+    def _will_need(self, ranges: list[Extent]) -> None:
+        for start, size in ranges:
             os.posix_fadvise(self.comparison.fd, start, size, os.POSIX_FADV_WILLNEED)
 
     def check_chunk(self, offset: int, data: memoryview, written: bool = True) -> None:
@@ -188,6 +214,38 @@ class SampleVerifier:
             source = data[start : start + count * self.block_size]
             self.comparison.compare(run_first, count, source, digests_from_source=written)
         self.verified[lo:hi] = b"\x01" * (hi - lo)
+
+    @contextlib.contextmanager
+    def checking_aside(self, snapshot: Snapshot, pieces: list[Extent]) -> Iterator[None]:
+        """While the body runs, a helper thread checks the sampled blocks within `pieces`
+        (ones this backup does not write) with a stream of source reads of its own."""
+        stop = threading.Event()
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="verify") as helper:
+            checked = helper.submit(self._check_pieces, snapshot, pieces, stop)
+            try:
+                yield
+            except BaseException:
+                stop.set()
+                raise
+            checked.result()
+
+    def _check_pieces(
+        self, snapshot: Snapshot, pieces: list[Extent], stop: threading.Event
+    ) -> None:
+        for offset, length in pieces[:PREFETCH_DISTANCE]:
+            self.prefetch(offset, length)
+        reads = snapshot.read_many(pieces)
+        try:
+            for index, (offset, source) in enumerate(reads):
+                if stop.is_set() or self.comparison.expired():
+                    return
+                if index + PREFETCH_DISTANCE < len(pieces):
+                    self.prefetch(*pieces[index + PREFETCH_DISTANCE])
+                self.check_chunk(offset, source, written=False)
+        finally:
+            close = getattr(reads, "close", None)
+            if close is not None:
+                close()
 
     def _unverified_runs(self) -> list[tuple[int, int]]:
         return block_runs(

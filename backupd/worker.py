@@ -114,6 +114,11 @@ class BackupWorker:
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=64, thread_name_prefix="backupd"
         )
+        # Separate from `executor`: a backup waits for its cleanup, which must never queue
+        # behind backups that hold every thread of `executor`.
+        self.cleanup_executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=4, thread_name_prefix="backupd-cleanup"
+        )
         self._tasks: set[asyncio.Future[Any]] = set()
 
     def reconfigure(self, settings: WorkerSettings) -> None:
@@ -200,10 +205,9 @@ class BackupWorker:
         self, record: OperationRecord, job: Job, job_dir: JobDirectory, tags: list[str]
     ) -> None:
         job_dir.path.mkdir(parents=True, exist_ok=True)
-        with job_dir.lock(blocking=False):
+        with job_dir.lock(blocking=False), driver_for(job.source) as driver:
             job_dir.recover()
             self.registry.start(record)
-            driver = driver_for(job.source)
             job_dir.write_job_file(self._job_file(job))
             job_dir.append_log(f"backup started: tags {','.join(tags)} from {driver.describe()}")
             hooks.freeze(job, record.name)
@@ -228,8 +232,13 @@ class BackupWorker:
                     f"{meta.verification.get('mismatched-offsets')}: revision distrusted; "
                     "the next backup will be full"
                 )
-            self._expire(job_dir, job)
-            driver.after_good_backup(meta.id)
+            # The source's cleanup waits on its own round trips (Ceph snapshot removal),
+            # retention on the local disk: neither needs the other.
+            cleanup = self.cleanup_executor.submit(driver.after_good_backup, meta.id)
+            try:
+                self._expire(job_dir, job)
+            finally:
+                cleanup.result()
             self.health.pop(job.name, None)
 
     @staticmethod
@@ -426,3 +435,4 @@ class BackupWorker:
         for record in self.registry.select(running_only=True):
             record.cancel_requested.set()
         self.executor.shutdown(wait=True, cancel_futures=True)
+        self.cleanup_executor.shutdown(wait=True)

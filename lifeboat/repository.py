@@ -121,7 +121,7 @@ class RevisionMeta:
     def from_yaml(cls, text: str) -> RevisionMeta:
         """Parse `.rev` text; DataLoss if it is not valid revision metadata."""
         try:
-            document = yaml.safe_load(text)
+            document = yaml.load(text, Loader=_SafeLoader)
         except yaml.YAMLError as error:
             raise DataLoss(f"revision metadata is not YAML: {error}") from error
         if not isinstance(document, dict):
@@ -142,7 +142,13 @@ class RevisionMeta:
         )
 
 
-class _MetaDumper(yaml.SafeDumper):
+# libyaml's parser and emitter where PyYAML was built with them: a `.rev` with a long
+# verification record takes milliseconds in pure Python, and every backup reads its parent's.
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+class _MetaDumper(_SafeDumper):  # type: ignore[misc,valid-type]
     """SafeDumper that writes timestamps as ISO 8601 with a `T`, as in ARCHITECTURE.md."""
 
 
@@ -603,6 +609,14 @@ class RevisionWriter:
                 reflinked = clone_file(self.job.image_path(parent.id), self.image_tmp_path)
             os.truncate(self.image_tmp_path, size)
         return reflinked
+
+    def resize(self, size: int) -> None:
+        """Make the temporary image `size` bytes long (the source grew or shrank)."""
+        self._check_open()
+        if size < 0:
+            raise InvalidArgument("size", f"must not be negative, not {size}")
+        with _space_errors():
+            os.truncate(self.image_tmp_path, size)
 
     def commit(
         self,

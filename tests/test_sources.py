@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
+import itertools
 import os
 import random
 from collections.abc import Iterator
@@ -249,3 +250,29 @@ async def test_rot_in_parent_is_caught_by_the_next_verification(
     third = await harness.backup(job)
     assert third.state == OperationState.SUCCEEDED, third.error
     assert image_of(harness, name) == backend.content(name, third.revision_id)
+
+
+async def test_verification_records_exactly_the_sample(
+    backend: Backend, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Sampled blocks the copy writes are checked by the copy, the rest by a helper thread
+    reading the source on its own: together exactly the sample, each block once."""
+    name = unique_name(request)
+    job = Job(name, "backup01", SCHEDULE, backend.create(name, SIZE))
+    rng = random.Random(11)
+    backend.write(name, 0, rng.randbytes(6 * MiB))
+    harness = Harness(tmp_path / "repo", verify_fraction=0.25)
+    blocks = SIZE // 16384
+    for round_number in range(4):
+        for _ in range(40):
+            backend.write(name, rng.randrange(0, SIZE // 4096) * 4096, rng.randbytes(4096))
+        record = await harness.backup(job)
+        assert record.state == OperationState.SUCCEEDED, record.error
+        verification = harness.worker.get_revision(name, record.revision_id).verification
+        assert verification["state"] == "passed"
+        assert verification["blocks-total"] == blocks
+        assert verification["blocks-checked"] == blocks // 4, round_number
+        runs = verification["checked-blocks"]
+        assert sum(count for _, count in runs) == blocks // 4
+        assert all(a + n < b for (a, n), (b, _) in itertools.pairwise(runs))
+        assert image_of(harness, name) == backend.content(name, record.revision_id)

@@ -50,9 +50,23 @@ class Snapshot(abc.ABC):
 
 
 class SourceDriver(abc.ABC):
-    """Opens snapshots of one source and cleans up after good backups."""
+    """Opens snapshots of one source and cleans up after good backups.
+
+    Used as a context manager for one backup: whatever a driver connects to is opened at
+    most once per backup and closed on exit.
+    """
 
     kind: str
+
+    def __enter__(self) -> SourceDriver:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release what the driver opened (connections); it may be used again after."""
+        return None
 
     @abc.abstractmethod
     def describe(self) -> str:

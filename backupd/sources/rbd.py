@@ -115,21 +115,35 @@ class RbdDriver(SourceDriver):
 
     def __init__(self, source: CephRbdSource) -> None:
         self.source = source
+        self._cluster: Any = None
+        self._pool_context: Any = None
 
     def describe(self) -> str:
         return f"ceph-rbd {self.source.pool}/{self.source.image}"
 
-    @contextlib.contextmanager
-    def _connection(self) -> Iterator[Any]:
-        """An I/O context on the source's pool, for one backup's worth of calls."""
-        rados, _ = ceph.modules()
-        cluster = ceph.connect(self.source.conf, self.source.id, self.describe())
-        try:
-            with cluster.open_ioctx(self.source.pool) as ioctx:
-                yield ioctx
-        except rados.ObjectNotFound:
-            raise SourceError(f"{self.describe()}: pool not found") from None
-        finally:
+    def _ioctx(self) -> Any:
+        """The I/O context on the source's pool, connected on first use and kept until
+        `close`: a backup's snapshot, reads and cleanup share one connection."""
+        if self._pool_context is None:
+            rados, _ = ceph.modules()
+            cluster = ceph.connect(self.source.conf, self.source.id, self.describe())
+            try:
+                self._pool_context = cluster.open_ioctx(self.source.pool)
+            except rados.ObjectNotFound:
+                cluster.shutdown()
+                raise SourceError(f"{self.describe()}: pool not found") from None
+            except BaseException:
+                cluster.shutdown()
+                raise
+            self._cluster = cluster
+        return self._pool_context
+
+    def close(self) -> None:
+        pool_context, cluster = self._pool_context, self._cluster
+        self._pool_context = self._cluster = None
+        if pool_context is not None:
+            pool_context.close()
+        if cluster is not None:
             cluster.shutdown()
 
     @contextlib.contextmanager
@@ -154,35 +168,33 @@ class RbdDriver(SourceDriver):
     @contextlib.contextmanager
     def snapshot(self, revision_id: str, parent_id: str | None) -> Iterator[Snapshot]:
         name = snapshot_name(revision_id)
-        with self._connection() as ioctx:
-            with self._image(ioctx) as image:
-                existing = self._snapshot_names(image)
-                image.create_snap(name)
-            parent = snapshot_name(parent_id) if parent_id else None
-            if parent is not None and parent not in existing:
-                log.warning(
-                    "%s: snapshot %s is gone; comparing every block", self.describe(), parent
-                )
-                parent = None
-            try:
-                with self._image(ioctx, snapshot=name) as frozen:
-                    yield RbdSnapshot(frozen, parent, self.describe())
-            except BaseException:
-                self._remove_snapshots(ioctx, [name])
-                raise
+        ioctx = self._ioctx()
+        with self._image(ioctx) as image:
+            existing = self._snapshot_names(image)
+            image.create_snap(name)
+        parent = snapshot_name(parent_id) if parent_id else None
+        if parent is not None and parent not in existing:
+            log.warning("%s: snapshot %s is gone; comparing every block", self.describe(), parent)
+            parent = None
+        try:
+            with self._image(ioctx, snapshot=name) as frozen:
+                yield RbdSnapshot(frozen, parent, self.describe())
+        except BaseException:
+            self._remove_snapshots(ioctx, [name])
+            raise
 
     def _remove_snapshots(self, ioctx: Any, names: list[str]) -> None:
         with self._image(ioctx) as image:
-            for name in names:
-                try:
-                    image.remove_snap(name)
-                except Exception as error:  # a leftover snapshot is untidy, not fatal
-                    log.warning("%s: cannot remove snapshot %s: %s", self.describe(), name, error)
+            self._remove_from(image, names)
+
+    def _remove_from(self, image: Any, names: list[str]) -> None:
+        for name in names:
+            try:
+                image.remove_snap(name)
+            except Exception as error:  # a leftover snapshot is untidy, not fatal
+                log.warning("%s: cannot remove snapshot %s: %s", self.describe(), name, error)
 
     def after_good_backup(self, revision_id: str) -> None:
         keep = snapshot_name(revision_id)
-        with self._connection() as ioctx:
-            with self._image(ioctx) as image:
-                stale = [name for name in self._snapshot_names(image) if name != keep]
-            if stale:
-                self._remove_snapshots(ioctx, stale)
+        with self._image(self._ioctx()) as image:
+            self._remove_from(image, [n for n in self._snapshot_names(image) if n != keep])
