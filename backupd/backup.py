@@ -19,7 +19,7 @@ import xxhash
 
 from backupd import extents
 from backupd.sources.base import Snapshot, SourceDriver
-from backupd.verify import PREFETCH_DISTANCE, SampleVerifier, VerifyLimits
+from backupd.verify import SampleVerifier, VerifyLimits
 from lifeboat import clock
 from lifeboat.blockio import punch_hole, start_writeback
 from lifeboat.clone import limit_cow_preallocation
@@ -258,14 +258,12 @@ def copy_changes(
             progress(done, total)
     to_read = [p for p in pieces if data.overlaps(*p)]
     with verifier.checking_aside(snapshot, verifier.unseen(to_read)):
-        for offset, length in to_read[:PREFETCH_DISTANCE]:
-            verifier.prefetch(offset, length)
+        prefetcher = verifier.prefetcher(to_read)
         stream = snapshot.read_many(to_read)
         try:
-            for index, (offset, chunk) in enumerate(stream):
+            for offset, chunk in stream:
                 check_cancelled()
-                if index + PREFETCH_DISTANCE < len(to_read):
-                    verifier.prefetch(*to_read[index + PREFETCH_DISTANCE])
+                prefetcher.advance(offset)
                 stats.bytes_read += len(chunk)
                 writer.apply_data(offset, chunk)
                 done += len(chunk)
@@ -309,9 +307,8 @@ def back_up(
                     thaw_once()
                 manifest = _manifest_for(parent_manifest.result(), settings, snapshot.size)
                 writer.resize(snapshot.size)
-                scan = scan_extents(snapshot, parent, manifest.block_size)
                 stats, verification = _write_image(
-                    writer, snapshot, manifest, scan, settings, progress, check_cancelled
+                    writer, snapshot, parent, manifest, settings, progress, check_cancelled
                 )
                 thaw_once()
         meta = RevisionMeta(
@@ -363,13 +360,13 @@ def _manifest_for(
 def _write_image(
     writer: RevisionWriter,
     snapshot: Snapshot,
+    parent: RevisionMeta | None,
     manifest: Manifest,
-    scan: list[extents.Extent],
     settings: BackupSettings,
     progress: Progress,
     check_cancelled: Callable[[], None],
 ) -> tuple[WriteStats, dict[str, Any]]:
-    """Copy the changes into the new image, make it durable, verify the sample."""
+    """Find what changed, copy it into the new image, make that durable, verify the sample."""
     fd = os.open(writer.image_tmp_path, os.O_RDWR | os.O_CLOEXEC)
     try:
         limit_cow_preallocation(fd, manifest.block_size)
@@ -377,6 +374,8 @@ def _write_image(
         background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="io")
         try:
             verifier = SampleVerifier(manifest, fd, settings.verify, background)
+            verifier.start_prefetch()
+            scan = scan_extents(snapshot, parent, manifest.block_size)
             stats = copy_changes(
                 snapshot,
                 fd,

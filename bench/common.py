@@ -115,11 +115,14 @@ class Backupd:
 
 
 @contextmanager
-def backupd(workdir: Path, base_dir: Path, worker_limit: int = 2) -> Iterator[Backupd]:
+def backupd(
+    workdir: Path, base_dir: Path, worker_limit: int = 2, verify_fraction: float = 0.05
+) -> Iterator[Backupd]:
     port = free_port()
     config = workdir / "bench.yaml"
     config.write_text(
-        f"global: {{base-dir: {base_dir}, worker-limit: {worker_limit}}}\n"
+        f"global: {{base-dir: {base_dir}, worker-limit: {worker_limit}, "
+        f"verify-fraction: {verify_fraction}}}\n"
         f"hosts: {{bench: {{backupd: 127.0.0.1:{port}, restored: 127.0.0.1:{free_port()}}}}}\n"
         "schedules: {bench: {daily: {interval: 1d, keep: 7}}}\n"
     )

@@ -146,6 +146,16 @@ async def test_verification_mismatch_distrusts_and_forces_full(tmp_path: Path) -
     assert (tmp_path / "repo" / "vm-a" / "last").read_bytes() == source.read_bytes()
 
 
+async def test_no_sample_is_recorded_as_skipped(tmp_path: Path) -> None:
+    source = source_file(tmp_path / "vm.raw", 8 * MiB)
+    harness = Harness(tmp_path / "repo", verify_fraction=0.0)
+    record = await harness.backup(job_for(source))
+    assert record.state == OperationState.SUCCEEDED, record.error
+    verification = harness.worker.get_revision("vm-a", record.revision_id).verification
+    assert verification["state"] == "skipped"
+    assert verification["blocks-checked"] == 0 and verification["checked-blocks"] == []
+
+
 async def test_retention_expires_tags_and_deletes_untagged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
