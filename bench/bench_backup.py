@@ -29,6 +29,7 @@ from bench.common import (
     backupd,
     change_plan,
     changed_bytes,
+    cpu_seconds,
     job,
     report,
     timed,
@@ -141,14 +142,22 @@ def change_rbd_image(cluster: CephCluster, name: str, size: int, seed: int) -> N
         connection.shutdown()
 
 
-def ceph_incrementals(
+def ceph_backups(
     daemon: Backupd, cluster: CephCluster, backup_job: Job, size: int, rounds: int, seed: int
-) -> list[float]:
-    times = []
+) -> tuple[list[float], list[float]]:
+    """(seconds, CPU seconds of backupd and the Ceph daemons) of each backup: full ones,
+    each into an empty repository, for seed 0; else incrementals after changing the image."""
+    pids = [daemon.daemon.process.pid, *cluster.pids().values()]
+    seconds, cpu = [], []
     for round_number in range(rounds):
-        change_rbd_image(cluster, backup_job.name, size, seed=seed + round_number)
-        times.append(daemon.backup(backup_job)[0])
-    return times
+        if not seed and round_number:
+            forget_job(daemon, backup_job.name)
+        elif seed:
+            change_rbd_image(cluster, backup_job.name, size, seed=seed + round_number)
+        used_before = cpu_seconds(pids)
+        seconds.append(daemon.backup(backup_job)[0])
+        cpu.append(cpu_seconds(pids) - used_before)
+    return seconds, cpu
 
 
 def ceph_figures(
@@ -164,16 +173,22 @@ def ceph_figures(
         print(f"  rbd import of the image: {time.monotonic() - started:.1f}s")
         backup_job = job("vm-ceph", CephRbdSource(cluster.pool, "vm-ceph", conf=str(cluster.conf)))
         with backupd(fs, fs / "repo-ceph") as daemon:
-            _, full_times = full_rounds(daemon, backup_job, rounds, lambda: 0.0)
-            inc_times = ceph_incrementals(daemon, cluster, backup_job, size, rounds, seed=100)
+            full_times, full_cpu = ceph_backups(daemon, cluster, backup_job, size, rounds, 0)
+            inc_times, inc_cpu = ceph_backups(daemon, cluster, backup_job, size, rounds, 100)
         # For reference: what the verification sample costs in the incremental.
         with backupd(fs, fs / "repo-ceph", verify_fraction=0) as daemon:
-            unverified = ceph_incrementals(daemon, cluster, backup_job, size, rounds, seed=200)
+            unverified, _ = ceph_backups(daemon, cluster, backup_job, size, rounds, 200)
         print(
             f"  full backup from Ceph:        {fmt(full_times)} -> {size / median(full_times) / MiB:.0f} MiB/s"
         )
         print(f"  incremental backup from Ceph: {fmt(inc_times)}")
         print(f"  the same, verify-fraction 0:  {fmt(unverified)} (for reference, no target)")
+        # Here the Ceph daemons share this machine's cores with backupd: the CPU both use
+        # bounds the time of either backup (for reference, no target).
+        print(
+            f"  CPU of backupd + Ceph daemons: full {fmt(full_cpu)}, incremental "
+            f"{fmt(inc_cpu)} -> {median(inc_cpu) / median(full_cpu):.3f}; {os.cpu_count()} cores"
+        )
         ratio = median(inc_times) / median(full_times)
         rows.append(
             (
