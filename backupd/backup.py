@@ -259,8 +259,7 @@ def copy_changes(
     to_read = [p for p in pieces if data.overlaps(*p)]
     with verifier.checking_aside(snapshot, verifier.unseen(to_read)):
         prefetcher = verifier.prefetcher(to_read)
-        stream = snapshot.read_many(to_read)
-        try:
+        with snapshot.reading(to_read) as stream:
             for offset, chunk in stream:
                 check_cancelled()
                 prefetcher.advance(offset)
@@ -269,10 +268,6 @@ def copy_changes(
                 done += len(chunk)
                 progress(done, total)
                 verifier.check_chunk(offset, chunk, written=True)
-        finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
     return stats
 
 

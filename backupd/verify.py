@@ -169,7 +169,9 @@ class Prefetcher:
     the file's lock while the disk reads, which would stall the copy's writes; blocks
     written meanwhile still read as written. For one thread."""
 
-    def __init__(self, fd: int, ranges: list[Extent], background: concurrent.futures.Executor):
+    def __init__(
+        self, fd: int, ranges: list[Extent], background: concurrent.futures.Executor
+    ) -> None:
         self.fd = fd
         self.ranges = ranges
         self.starts = [start for start, _ in ranges]
@@ -260,17 +262,12 @@ class SampleVerifier:
         self, snapshot: Snapshot, pieces: list[Extent], stop: threading.Event
     ) -> None:
         prefetcher = Prefetcher(self.comparison.fd, pieces, self.background)
-        reads = snapshot.read_many(pieces)
-        try:
+        with snapshot.reading(pieces) as reads:
             for offset, source in reads:
                 if stop.is_set() or self.comparison.expired():
                     return
                 prefetcher.advance(offset)
                 self.check_chunk(offset, source, written=False)
-        finally:
-            close = getattr(reads, "close", None)
-            if close is not None:
-                close()
 
     def _unverified_runs(self) -> list[tuple[int, int]]:
         return block_runs(
@@ -292,16 +289,11 @@ class SampleVerifier:
     def finish(self, snapshot: Snapshot) -> dict[str, Any]:
         """Read the part of the sample the copy did not see from the source and check it."""
         remaining = self._unverified_runs()
-        reads = snapshot.read_many(self.comparison.byte_range(f, c) for f, c in remaining)
-        try:
+        with snapshot.reading(self.comparison.byte_range(f, c) for f, c in remaining) as reads:
             for (first, count), (_, source) in zip(remaining, reads, strict=False):
                 if self.comparison.expired():
                     break
                 self.comparison.compare(first, count, source)
-        finally:
-            close = getattr(reads, "close", None)
-            if close is not None:
-                close()
         result = self.comparison.result("source")
         if not self.sampled:  # verify-fraction 0: nothing was meant to be compared
             result["state"] = "skipped"

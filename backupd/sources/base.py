@@ -39,6 +39,18 @@ class Snapshot(abc.ABC):
             self.read_into(offset, view)
             yield offset, view
 
+    @contextlib.contextmanager
+    def reading(self, pieces: Iterable[Extent]) -> Iterator[Iterator[tuple[int, memoryview]]]:
+        """`read_many(pieces)`, closed on exit even when not read to the end, so that no
+        read is left in flight."""
+        stream = self.read_many(pieces)
+        try:
+            yield stream
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+
     @abc.abstractmethod
     def data_extents(self, start: int, end: int) -> Iterator[Extent]:
         """Extents within [start, end) that may hold data; everything else reads as zeros."""
