@@ -257,7 +257,7 @@ def copy_changes(
             done += length
             progress(done, total)
     to_read = [p for p in pieces if data.overlaps(*p)]
-    with verifier.checking_aside(snapshot, verifier.unseen(to_read)):
+    with verifier.checking_aside(snapshot, verifier.unseen(to_read), check_cancelled):
         prefetcher = verifier.prefetcher(to_read)
         with snapshot.reading(to_read) as stream:
             for offset, chunk in stream:
@@ -305,6 +305,9 @@ def back_up(
                 stats, verification = _write_image(
                     writer, snapshot, parent, manifest, settings, progress, check_cancelled
                 )
+                # The last chance to cancel, while leaving the snapshot's context still
+                # removes the snapshot: the revision is committed next.
+                check_cancelled()
                 thaw_once()
         meta = RevisionMeta(
             id=revision_id,
@@ -385,7 +388,7 @@ def _write_image(
         finally:
             background.shutdown(wait=True, cancel_futures=True)
         os.fsync(fd)
-        return stats, verifier.finish(snapshot)
+        return stats, verifier.finish(snapshot, check_cancelled)
     finally:
         os.close(fd)
 

@@ -245,12 +245,14 @@ class SampleVerifier:
         self.verified[lo:hi] = b"\x01" * (hi - lo)
 
     @contextlib.contextmanager
-    def checking_aside(self, snapshot: Snapshot, pieces: list[Extent]) -> Iterator[None]:
+    def checking_aside(
+        self, snapshot: Snapshot, pieces: list[Extent], check_cancelled: Callable[[], None]
+    ) -> Iterator[None]:
         """While the body runs, a helper thread checks the sampled blocks within `pieces`
         (ones this backup does not write) with a stream of source reads of its own."""
         stop = threading.Event()
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="verify") as helper:
-            checked = helper.submit(self._check_pieces, snapshot, pieces, stop)
+            checked = helper.submit(self._check_pieces, snapshot, pieces, stop, check_cancelled)
             try:
                 yield
             except BaseException:
@@ -259,13 +261,18 @@ class SampleVerifier:
             checked.result()
 
     def _check_pieces(
-        self, snapshot: Snapshot, pieces: list[Extent], stop: threading.Event
+        self,
+        snapshot: Snapshot,
+        pieces: list[Extent],
+        stop: threading.Event,
+        check_cancelled: Callable[[], None],
     ) -> None:
         prefetcher = Prefetcher(self.comparison.fd, pieces, self.background)
         with snapshot.reading(pieces) as reads:
             for offset, source in reads:
                 if stop.is_set() or self.comparison.expired():
                     return
+                check_cancelled()
                 prefetcher.advance(offset)
                 self.check_chunk(offset, source, written=False)
 
@@ -286,13 +293,14 @@ class SampleVerifier:
                 outside.append(index)
         return [self.comparison.byte_range(first, count) for first, count in block_runs(outside)]
 
-    def finish(self, snapshot: Snapshot) -> dict[str, Any]:
+    def finish(self, snapshot: Snapshot, check_cancelled: Callable[[], None]) -> dict[str, Any]:
         """Read the part of the sample the copy did not see from the source and check it."""
         remaining = self._unverified_runs()
         with snapshot.reading(self.comparison.byte_range(f, c) for f, c in remaining) as reads:
             for (first, count), (_, source) in zip(remaining, reads, strict=False):
                 if self.comparison.expired():
                     break
+                check_cancelled()
                 self.comparison.compare(first, count, source)
         result = self.comparison.result("source")
         if not self.sampled:  # verify-fraction 0: nothing was meant to be compared

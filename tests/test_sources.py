@@ -9,17 +9,21 @@ cleanly with nothing visible.
 from __future__ import annotations
 
 import abc
+import asyncio
 import datetime as dt
 import itertools
+import json
 import os
 import random
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from backupd.backup import BlockWriter
 from lifeboat.model import CephRbdSource, FileSource, Job, Schedule, Source, TagSpec
-from lifeboat.operations import OperationState
+from lifeboat.operations import OperationRecord, OperationState
 from tests.support.ceph import CephCluster, rbd_modules_importable
 from tests.support.harness import Harness
 from tests.support.needs import need
@@ -48,6 +52,10 @@ class Backend(abc.ABC):
     def content(self, name: str, revision_id: str) -> bytes:
         """The source as it was when `revision_id` was taken."""
 
+    @abc.abstractmethod
+    def kept_snapshots(self, name: str) -> list[str]:
+        """Revision ids whose snapshot the source still keeps (none for files)."""
+
 
 class FileBackend(Backend):
     def __init__(self, directory: Path) -> None:
@@ -74,6 +82,9 @@ class FileBackend(Backend):
 
     def content(self, name: str, revision_id: str) -> bytes:
         return self.path(name).read_bytes()
+
+    def kept_snapshots(self, name: str) -> list[str]:
+        return []
 
 
 class RbdBackend(Backend):
@@ -122,6 +133,11 @@ class RbdBackend(Backend):
         )
         return target.read_bytes()
 
+    def kept_snapshots(self, name: str) -> list[str]:
+        listed = self.cluster.rbd("snap", "ls", "--format", "json", f"{self.cluster.pool}/{name}")
+        names = [snapshot["name"] for snapshot in json.loads(listed.stdout)]
+        return sorted(n.removeprefix("lifeboat-") for n in names if n.startswith("lifeboat-"))
+
 
 @pytest.fixture(params=["file", "ceph-rbd"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
@@ -136,6 +152,19 @@ def unique_name(request: pytest.FixtureRequest) -> str:
     return (
         f"vm-{request.node.name.split('[')[0][5:25].replace('_', '-')}-{random.randrange(1 << 20)}"
     )
+
+
+async def backed_up_once(
+    backend: Backend, tmp_path: Path, request: pytest.FixtureRequest, verify_fraction: float
+) -> tuple[str, Job, Harness, OperationRecord]:
+    """A new source full of random data, backed up once (successfully)."""
+    name = unique_name(request)
+    job = Job(name, "backup01", SCHEDULE, backend.create(name, SIZE))
+    backend.write(name, 0, random.randbytes(SIZE))
+    harness = Harness(tmp_path / "repo", verify_fraction=verify_fraction)
+    first = await harness.backup(job)
+    assert first.state == OperationState.SUCCEEDED, first.error
+    return name, job, harness, first
 
 
 def image_of(harness: Harness, job: str) -> bytes:
@@ -157,6 +186,8 @@ async def test_round_trip_writes_only_changes(
     assert image_of(harness, name) == backend.content(name, first.revision_id)
     stored = harness.base_dir / name / first.revision_id
     assert stored.stat().st_blocks * 512 < 3 * MiB, "holes of the source must stay holes"
+    keeps_snapshots = not isinstance(backend, FileBackend)
+    assert backend.kept_snapshots(name) == ([first.revision_id] if keeps_snapshots else [])
 
     for _ in range(5):
         backend.write(name, rng.randrange(0, SIZE - 4096) // 4096 * 4096, rng.randbytes(4096))
@@ -171,6 +202,8 @@ async def test_round_trip_writes_only_changes(
     assert meta.verification["state"] == "passed"
     previous = harness.worker.get_revision(name, first.revision_id)
     assert previous.stats["full"] is True
+    # Only the newest revision's snapshot is kept: it is the next backup's diff base.
+    assert backend.kept_snapshots(name) == ([second.revision_id] if keeps_snapshots else [])
 
 
 async def test_resized_source(
@@ -230,12 +263,7 @@ async def test_rot_in_parent_is_caught_by_the_next_verification(
 ) -> None:
     """An unchanged block whose stored copy rotted reaches the new revision through the
     clone; the verification sample (here: every block) compares it with the source."""
-    name = unique_name(request)
-    job = Job(name, "backup01", SCHEDULE, backend.create(name, SIZE))
-    backend.write(name, 0, random.randbytes(SIZE))
-    harness = Harness(tmp_path / "repo", verify_fraction=1.0)
-    first = await harness.backup(job)
-    assert first.state == OperationState.SUCCEEDED, first.error
+    name, job, harness, first = await backed_up_once(backend, tmp_path, request, 1.0)
     stored = harness.base_dir / name / first.revision_id
     with stored.open("r+b") as image:
         image.seek(6 * MiB + 100)
@@ -276,3 +304,43 @@ async def test_verification_records_exactly_the_sample(
         assert sum(count for _, count in runs) == blocks // 4
         assert all(a + n < b for (a, n), (b, _) in itertools.pairwise(runs))
         assert image_of(harness, name) == backend.content(name, record.revision_id)
+
+
+async def test_cancel_mid_copy_leaves_nothing_and_the_next_backup_works(
+    backend: Backend,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cancel while the copy (and, for named extents, the helper checking the rest of the
+    sample) runs ends the operation CANCELLED with no trace in the repository."""
+    name, job, harness, first = await backed_up_once(backend, tmp_path, request, 0.5)
+    backend.write(name, 3 * MiB, random.randbytes(64 * 1024))
+
+    copying = threading.Event()
+    cancelled = threading.Event()
+    apply_data = BlockWriter.apply_data
+
+    def apply_data_once_cancelled(writer: BlockWriter, offset: int, data: memoryview) -> None:
+        copying.set()
+        assert cancelled.wait(10)
+        apply_data(writer, offset, data)
+
+    monkeypatch.setattr(BlockWriter, "apply_data", apply_data_once_cancelled)
+    record = harness.start(job)
+    assert await asyncio.to_thread(copying.wait, 10)
+    harness.registry.cancel(record.name)
+    cancelled.set()
+    record = await harness.finish(record)
+    assert record.state == OperationState.CANCELLED, record.error
+    job_dir = harness.base_dir / name
+    assert [r.id for r in harness.worker.list_revisions(name)] == [first.revision_id]
+    assert not [p.name for p in job_dir.iterdir() if p.name.endswith(".tmp")]
+    assert os.readlink(job_dir / "last") == first.revision_id
+    expected = [] if isinstance(backend, FileBackend) else [first.revision_id]
+    assert backend.kept_snapshots(name) == expected
+
+    monkeypatch.undo()
+    again = await harness.backup(job)
+    assert again.state == OperationState.SUCCEEDED, again.error
+    assert image_of(harness, name) == backend.content(name, again.revision_id)
