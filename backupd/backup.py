@@ -323,7 +323,7 @@ def back_up(
             stats=stats.as_dict(time.monotonic() - started, full=parent is None),
             verification=verification,
         )
-        return writer.commit(meta, manifest, on_step)
+        return _commit(writer, meta, manifest, driver, on_step)
     except OSError as error:
         writer.abort()
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -337,6 +337,23 @@ def back_up(
         raise
     finally:
         thaw_once()
+
+
+def _commit(
+    writer: RevisionWriter,
+    meta: RevisionMeta,
+    manifest: Manifest,
+    driver: SourceDriver,
+    on_step: Callable[[str], None] | None,
+) -> RevisionMeta:
+    """Commit the revision; if that fails, the source's snapshot of it goes too (it would
+    stay until the next good backup, one more for each failed one meanwhile)."""
+    try:
+        return writer.commit(meta, manifest, on_step)
+    except BaseException:
+        if not writer.committed:
+            driver.discard(meta.id)
+        raise
 
 
 def _start_from_parent(

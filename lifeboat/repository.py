@@ -588,6 +588,10 @@ class RevisionWriter:
     def __enter__(self) -> RevisionWriter:
         return self
 
+    @property
+    def committed(self) -> bool:
+        return self._state == "committed"
+
     def __exit__(self, *exc_info: object) -> None:
         if self._state == "open":
             self.abort()

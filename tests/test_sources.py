@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import datetime as dt
+import errno
 import itertools
 import json
 import os
@@ -24,6 +25,7 @@ import pytest
 from backupd.backup import BlockWriter
 from lifeboat.model import CephRbdSource, FileSource, Job, Schedule, Source, TagSpec
 from lifeboat.operations import OperationRecord, OperationState
+from lifeboat.repository import RevisionMeta, RevisionWriter
 from tests.support.ceph import CephCluster, rbd_modules_importable
 from tests.support.harness import Harness
 from tests.support.needs import need
@@ -165,6 +167,22 @@ async def backed_up_once(
     first = await harness.backup(job)
     assert first.state == OperationState.SUCCEEDED, first.error
     return name, job, harness, first
+
+
+async def assert_nothing_left_but(
+    backend: Backend, harness: Harness, job: Job, first: OperationRecord
+) -> None:
+    """After a failed backup: only `first` is there (revision, `last`, the source's
+    snapshot), no temporary files; the next backup works."""
+    job_dir = harness.base_dir / job.name
+    assert [r.id for r in harness.worker.list_revisions(job.name)] == [first.revision_id]
+    assert not [p.name for p in job_dir.iterdir() if p.name.endswith(".tmp")]
+    assert os.readlink(job_dir / "last") == first.revision_id
+    expected = [] if isinstance(backend, FileBackend) else [first.revision_id]
+    assert backend.kept_snapshots(job.name) == expected
+    again = await harness.backup(job)
+    assert again.state == OperationState.SUCCEEDED, again.error
+    assert image_of(harness, job.name) == backend.content(job.name, again.revision_id)
 
 
 def image_of(harness: Harness, job: str) -> bytes:
@@ -333,14 +351,27 @@ async def test_cancel_mid_copy_leaves_nothing_and_the_next_backup_works(
     cancelled.set()
     record = await harness.finish(record)
     assert record.state == OperationState.CANCELLED, record.error
-    job_dir = harness.base_dir / name
-    assert [r.id for r in harness.worker.list_revisions(name)] == [first.revision_id]
-    assert not [p.name for p in job_dir.iterdir() if p.name.endswith(".tmp")]
-    assert os.readlink(job_dir / "last") == first.revision_id
-    expected = [] if isinstance(backend, FileBackend) else [first.revision_id]
-    assert backend.kept_snapshots(name) == expected
-
     monkeypatch.undo()
-    again = await harness.backup(job)
-    assert again.state == OperationState.SUCCEEDED, again.error
-    assert image_of(harness, name) == backend.content(name, again.revision_id)
+    await assert_nothing_left_but(backend, harness, job, first)
+
+
+async def test_failed_commit_keeps_nothing_of_the_revision(
+    backend: Backend,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The repository filling up while the revision is committed: no revision, no temporary
+    files, and no snapshot of it left in the source; the next backup works."""
+    name, job, harness, first = await backed_up_once(backend, tmp_path, request, 0.05)
+    backend.write(name, 2 * MiB, random.randbytes(4096))
+
+    def disk_full(*args: object) -> RevisionMeta:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(RevisionWriter, "commit", disk_full)
+    record = await harness.backup(job)
+    assert record.state == OperationState.FAILED
+    assert "full" in record.error
+    monkeypatch.undo()
+    await assert_nothing_left_but(backend, harness, job, first)

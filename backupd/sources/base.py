@@ -92,6 +92,10 @@ class SourceDriver(abc.ABC):
         """Drop what is no longer needed now that `revision_id` is safely stored."""
         return None
 
+    def discard(self, revision_id: str) -> None:
+        """Drop what `snapshot` kept for `revision_id`, which was never committed."""
+        return None
+
 
 class SourceError(FailedPrecondition):
     """The source cannot be read as a consistent image (missing, shrank, unreadable)."""

@@ -194,6 +194,14 @@ class RbdDriver(SourceDriver):
             except Exception as error:  # a leftover snapshot is untidy, not fatal
                 log.warning("%s: cannot remove snapshot %s: %s", self.describe(), name, error)
 
+    def discard(self, revision_id: str) -> None:
+        name = snapshot_name(revision_id)
+        try:
+            with self._image(self._ioctx()) as image:
+                self._remove_from(image, [n for n in self._snapshot_names(image) if n == name])
+        except Exception as error:  # the backup's own failure is what the caller must see
+            log.warning("%s: cannot remove snapshot %s: %s", self.describe(), name, error)
+
     def after_good_backup(self, revision_id: str) -> None:
         keep = snapshot_name(revision_id)
         with self._image(self._ioctx()) as image:
