@@ -209,7 +209,7 @@ def fmt(values: list[float]) -> str:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench_backup")
     parser.add_argument("--size-mib", type=int, default=4096, help="image size (default 4 GiB)")
-    parser.add_argument("--rounds", type=int, default=3, help="measurements per figure (median)")
+    parser.add_argument("--rounds", type=int, default=5, help="measurements per figure (median)")
     parser.add_argument("--no-ceph", action="store_true", help="skip the Ceph figures")
     parser.add_argument(
         "--ceph-objectstore",
