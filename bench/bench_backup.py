@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -126,6 +127,7 @@ def file_figures(fs: Path, size: int, rounds: int, rows: list[Row]) -> None:
         rows.append(("incremental space / changed bytes", f"{space:.2f}", "<= 2.00", space <= 2))
         peak = vm_hwm(daemon.daemon.process.pid)
         rows.append(("backupd peak RSS (MB)", f"{peak / 1e6:.0f}", "< 300", peak < 300e6))
+    shutil.rmtree(fs / "repo")  # room for the Ceph figures' revisions
 
 
 def change_rbd_image(cluster: CephCluster, name: str, size: int, seed: int) -> None:
@@ -223,9 +225,10 @@ def main(argv: list[str]) -> int:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="lifeboat-bench-", dir=args.backing_dir) as tmp:
         workdir = Path(tmp)
-        # Room for the image, its cp copy and two revisions; allocated up front so that
-        # whoever writes first does not pay for the backing store.
-        with loop_mount("xfs", 5 * size // 2 + GiB, workdir, preallocate=True) as fs:
+        # Room for the image, its cp copy (or a full revision whose predecessor XFS is still
+        # freeing) and one repository's revisions; allocated up front so that whoever
+        # writes first does not pay for the backing store.
+        with loop_mount("xfs", 3 * size + GiB, workdir, preallocate=True) as fs:
             print(
                 f"backup benchmark: {size / GiB:.2f} GiB image on a loop-mounted XFS (reflink=1) "
                 f"backed by {args.backing_dir}, {args.rounds} rounds, caches dropped before each"
