@@ -9,9 +9,10 @@ from backupd.service import BackupServicer
 from backupd.verify import VerifyLimits
 from backupd.worker import BackupWorker, WorkerSettings
 from lifeboat import config as config_module
-from lifeboat.bootstrap import GrpcDaemon, ServiceSpec
+from lifeboat.bootstrap import GrpcDaemon, ServiceSpec, audit_to_job_log
 from lifeboat.operation_service import operation_service
 from lifeboat.operations import OperationRegistry
+from lifeboat.security import guard_for
 from lifeboat.v1 import backup_pb2, backup_pb2_grpc
 
 
@@ -38,9 +39,15 @@ def build(config: config_module.Config, host: str, listen: str) -> tuple[GrpcDae
     worker.recover_all()
     servicer = BackupServicer(worker)
     path = config.path
+    host_config = config.host(host)
+    guard = guard_for(
+        config, host_config.security, listen, (f"hosts.{host}.backupd", host_config.backupd)
+    )
 
     async def reload() -> None:
-        worker.reconfigure(worker_settings(config_module.load(path), host))
+        new = config_module.load(path)
+        worker.reconfigure(worker_settings(new, host))
+        daemon.reload_security(new)
 
     async def stop() -> None:
         await asyncio.to_thread(worker.shutdown)
@@ -52,7 +59,17 @@ def build(config: config_module.Config, host: str, listen: str) -> tuple[GrpcDae
         ),
         operation_service(registry),
     ]
-    return GrpcDaemon("backupd", listen, services, on_reload=reload, on_stop=stop), worker
+    daemon = GrpcDaemon(
+        "backupd",
+        listen,
+        services,
+        on_reload=reload,
+        on_stop=stop,
+        guard=guard,
+        section=lambda new: new.host(host).security,
+        job_log=audit_to_job_log(worker.repository),
+    )
+    return daemon, worker
 
 
 async def serve(config: config_module.Config, host: str, listen: str) -> None:

@@ -57,7 +57,7 @@ def median(values: list[float]) -> float:
 
 def forget_job(daemon: Backupd, name: str) -> None:
     """Delete a job's revisions so that the next backup of it is full again."""
-    with client.channel(daemon.daemon.address) as channel:
+    with client.channel(daemon.daemon.address, None) as channel:
         stub = backup_pb2_grpc.BackupServiceStub(channel)
         stub.DeleteJobData(backup_pb2.DeleteJobDataRequest(job=name, confirm_job=name), timeout=60)
 

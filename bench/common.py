@@ -106,18 +106,18 @@ class Backupd:
         drop_caches()
         address = self.daemon.address
         started = time.monotonic()
-        with client.channel(address) as channel:
+        with client.channel(address, None) as channel:
             stub = backup_pb2_grpc.BackupServiceStub(channel)
             request = backup_pb2.StartBackupRequest(job=convert.job_to_pb(job), tags=["daily"])
             reply = stub.StartBackup(request, timeout=30)
-        operation = client.watch(address, reply.operation.name, show=False)
+        operation = client.watch(address, None, reply.operation.name, show=False)
         elapsed = time.monotonic() - started
         if operation.state != resources_pb2.OPERATION_STATE_SUCCEEDED:
             raise RuntimeError(f"backup failed: {operation.error}")
         return elapsed, operation
 
     def revision(self, job: str, revision_id: str) -> resources_pb2.Revision:
-        with client.channel(self.daemon.address) as channel:
+        with client.channel(self.daemon.address, None) as channel:
             stub = backup_pb2_grpc.BackupServiceStub(channel)
             request = backup_pb2.GetRevisionRequest(job=job, revision_id=revision_id)
             reply: backup_pb2.GetRevisionResponse = stub.GetRevision(request, timeout=30)

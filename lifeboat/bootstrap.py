@@ -20,10 +20,19 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from lifeboat import errors
+from lifeboat import access, errors
+from lifeboat.access import Access
+from lifeboat.config import Config, ServerSecurity
 from lifeboat.grpc_errors import status_for
+from lifeboat.repository import Repository
+from lifeboat.request_bounds import check_request
+from lifeboat.security import Guard
 
 log = logging.getLogger("lifeboat.rpc")
+audit_log = logging.getLogger("lifeboat.audit")
+
+# Appends one line to a job's own log, where the job has a directory on this host.
+JobLog = Callable[[str, str], Awaitable[None]]
 
 GRACE_SECONDS = 10.0
 
@@ -49,41 +58,119 @@ async def _abort_for(error: BaseException, context: grpc.aio.ServicerContext, me
     )
 
 
-def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Any]:
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started = time.monotonic()
-        try:
-            response = await behavior(request, context)
-        except (errors.LifeboatError, Exception) as error:
-            if _is_abort(error):
-                raise
-            await _abort_for(error, context, method)
-        log.debug("%s ok in %.3fs", method, time.monotonic() - started)
-        return response
-
-    return call
-
-
-def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., Any]:
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        try:
-            async for item in behavior(request, context):
-                yield item
-        except (errors.LifeboatError, Exception) as error:
-            if _is_abort(error):
-                raise
-            await _abort_for(error, context, method)
-
-    return call
-
-
 def _is_abort(error: BaseException) -> bool:
     # context.abort() raises grpc's own AbortError; it must pass through untouched.
     return type(error).__name__ == "AbortError" or isinstance(error, asyncio.CancelledError)
 
 
-class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    """Turns domain errors into status codes and logs every failed call."""
+def _result_of(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
+    if error is None:
+        return "OK"
+    if isinstance(error, errors.LifeboatError):
+        return status_for(error).name
+    code = context.code() if _is_abort(error) else None
+    return code.name if isinstance(code, grpc.StatusCode) else "INTERNAL"
+
+
+def _job_of(request: Any, response: Any) -> str:
+    job = getattr(request, "job", "")
+    operation = getattr(response, "operation", None)
+    if not job and operation is not None:
+        job = operation.job
+    return job if isinstance(job, str) else ""
+
+
+def audit_to_job_log(repository: Repository) -> JobLog:
+    """Audit lines of a job go to its log in `repository`, where the job has a directory."""
+
+    async def write(job: str, line: str) -> None:
+        await asyncio.to_thread(repository.job(job).append_log_if_present, line)
+
+    return write
+
+
+class CallGuard:
+    """Every call of a Lifeboat service: authorize, bound the request, map errors, audit."""
+
+    def __init__(self, guard: Guard, job_log: JobLog | None) -> None:
+        self.guard = guard
+        self.job_log = job_log
+
+    async def admit(
+        self, request: Any, context: grpc.aio.ServicerContext, method: str
+    ) -> access.Caller:
+        caller = self.guard.caller(context.auth_context())
+        refusal = access.refusal(method, caller)
+        if refusal is not None:
+            log.warning("refused %s to %s", access.short_method(method), caller.name)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
+        try:
+            check_request(request)
+        except errors.InvalidArgument as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        return caller
+
+    async def audit(
+        self,
+        method: str,
+        caller: access.Caller,
+        request: Any,
+        response: Any,
+        result: str,
+    ) -> None:
+        if method not in access.AUDITED:
+            return
+        job = _job_of(request, response)
+        role = caller.role.label if caller.role is not None else "none"
+        line = (
+            f"audit caller={caller.name} role={role} rpc={access.short_method(method)} "
+            f"job={job or '-'} result={result}"
+        )
+        audit_log.info("%s", line)
+        if job and self.job_log is not None:
+            try:
+                await self.job_log(job, line)
+            except (OSError, errors.LifeboatError) as error:
+                audit_log.error("cannot write the audit line to the log of job %s: %s", job, error)
+
+    def unary(self, behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Any]:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.monotonic()
+            caller = await self.admit(request, context, method)
+            try:
+                response = await behavior(request, context)
+            except Exception as error:
+                await self.audit(method, caller, request, None, _result_of(context, error))
+                if _is_abort(error):
+                    raise
+                await _abort_for(error, context, method)
+            await self.audit(method, caller, request, response, "OK")
+            log.debug("%s ok in %.3fs", method, time.monotonic() - started)
+            return response
+
+        return call
+
+    def stream(
+        self, behavior: Callable[..., AsyncIterator[Any]], method: str
+    ) -> Callable[..., Any]:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await self.admit(request, context, method)
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            except Exception as error:
+                if _is_abort(error):
+                    raise
+                await _abort_for(error, context, method)
+
+        return call
+
+
+class GuardInterceptor(grpc.aio.ServerInterceptor):
+    """Applies one CallGuard to every method but health and reflection."""
+
+    def __init__(self, call_guard: CallGuard) -> None:
+        self.call_guard = call_guard
 
     async def intercept_service(
         self,
@@ -92,21 +179,25 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or not method.startswith("/lifeboat."):
+        if handler is None or access.service_of(method) in access.OPEN_SERVICES:
             return handler
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method),
+                self.call_guard.unary(handler.unary_unary, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(cast(Callable[..., AsyncIterator[Any]], handler.unary_stream), method),
+                self.call_guard.stream(
+                    cast(Callable[..., AsyncIterator[Any]], handler.unary_stream), method
+                ),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        return handler
+        # Lifeboat has no client-streaming methods: whatever this is, it has no rule, and
+        # no handler makes gRPC answer UNIMPLEMENTED.
+        return cast(grpc.RpcMethodHandler, None)
 
 
 class GrpcDaemon:
@@ -119,12 +210,21 @@ class GrpcDaemon:
         services: Sequence[ServiceSpec],
         on_reload: Callable[[], Awaitable[None]] | None = None,
         on_stop: Callable[[], Awaitable[None]] | None = None,
+        guard: Guard | None = None,
+        section: Callable[[Config], ServerSecurity] | None = None,
+        job_log: JobLog | None = None,
     ) -> None:
+        """`guard` decides who may call (default: plaintext, every caller local admin);
+        `section` picks this daemon's part of a reloaded config; `job_log` receives the
+        audit lines of calls that concern a job."""
         self.name = name
         self.listen = listen
         self.services = list(services)
         self.on_reload = on_reload
         self.on_stop = on_stop
+        self.guard = guard or Guard(None, Access({}))
+        self.section = section
+        self.job_log = job_log
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -132,7 +232,9 @@ class GrpcDaemon:
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port (useful with port 0)."""
-        server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
+        server = grpc.aio.server(
+            interceptors=[GuardInterceptor(CallGuard(self.guard, self.job_log))]
+        )
         for service in self.services:
             service.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -143,7 +245,10 @@ class GrpcDaemon:
         ]
         reflection.enable_server_reflection(names, server)
         try:
-            self.port = server.add_insecure_port(self.listen)
+            if self.guard.tls is None:
+                self.port = server.add_insecure_port(self.listen)
+            else:
+                self.port = server.add_secure_port(self.listen, self.guard.tls.credentials)
         except RuntimeError as error:
             raise errors.Unavailable(f"cannot listen on {self.listen}: {error}") from None
         await server.start()
@@ -164,6 +269,15 @@ class GrpcDaemon:
             await self.on_stop()
         await self.server.stop(grace)
         log.info("%s stopped", self.name)
+
+    def reload_security(self, config: Config) -> None:
+        """Apply a reloaded config's roles and certificates (new connections get them)."""
+        if self.section is None:
+            return
+        try:
+            self.guard.reload(config, self.section(config))
+        except errors.ConfigError as error:
+            log.error("%s keeps its certificate: %s", self.name, error)
 
     async def reload(self) -> None:
         if self.on_reload is None:

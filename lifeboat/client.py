@@ -1,16 +1,21 @@
-"""Client side of the contracts: channels to hosts and services, watching operations."""
+"""Client side of the contracts: channels to hosts and services, watching operations.
+
+Every channel of every Lifeboat client is made here: plaintext without an identity,
+mTLS (verifying the server against the CA and the address dialled) with one."""
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import grpc
 
 from lifeboat.errors import LifeboatError
 from lifeboat.grpc_errors import error_for
+from lifeboat.security import ClientIdentity
 from lifeboat.v1 import operations_pb2, operations_pb2_grpc, resources_pb2
 
 FINISHED_STATES = {
@@ -21,11 +26,29 @@ FINISHED_STATES = {
 }
 
 
+ChannelOptions = Sequence[tuple[str, Any]]
+
+
 @contextmanager
-def channel(address: str) -> Iterator[grpc.Channel]:
-    """A plaintext channel to a Lifeboat service."""
-    with grpc.insecure_channel(address) as opened:
+def channel(
+    address: str, identity: ClientIdentity | None, options: ChannelOptions = ()
+) -> Iterator[grpc.Channel]:
+    """A blocking channel to a Lifeboat service."""
+    if identity is None:
+        opened = grpc.insecure_channel(address, options=options)
+    else:
+        opened = grpc.secure_channel(address, identity.credentials(), options=options)
+    with opened:
         yield opened
+
+
+def aio_channel(
+    address: str, identity: ClientIdentity | None, options: ChannelOptions = ()
+) -> grpc.aio.Channel:
+    """An asyncio channel to a Lifeboat service; the caller closes it."""
+    if identity is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    return grpc.aio.secure_channel(address, identity.credentials(), options=options)
 
 
 def call(peer: str, method: Callable[..., object], request: object, timeout: float) -> object:
@@ -59,12 +82,14 @@ def progress_line(operation: resources_pb2.Operation) -> str:
     )
 
 
-def watch(address: str, name: str, show: bool = True) -> resources_pb2.Operation:
+def watch(
+    address: str, identity: ClientIdentity | None, name: str, show: bool = True
+) -> resources_pb2.Operation:
     """Stream an operation until it ends, drawing a progress bar on a terminal."""
     interactive = show and sys.stderr.isatty()
     last = resources_pb2.Operation()
     last_print = 0.0
-    with channel(address) as opened:
+    with channel(address, identity) as opened:
         stub = operations_pb2_grpc.OperationServiceStub(opened)
         try:
             for reply in stub.WatchOperation(operations_pb2.WatchOperationRequest(name=name)):

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from lifeboat.access import Role
 from lifeboat.errors import ConfigError
 from lifeboat.model import CephRbdSource, FileSource, FreezeHook, Job, Schedule, Source, TagSpec
 
@@ -35,6 +36,7 @@ DEFAULT_MONITOR_HTTP = "127.0.0.1:9414"
 DEFAULT_POLL_INTERVAL = dt.timedelta(seconds=10)
 DEFAULT_FREEZE_TIMEOUT = dt.timedelta(minutes=5)
 MAX_NAME_LENGTH = 64
+MAX_CERTIFICATE_NAME = 255
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _DURATION_PART = re.compile(r"(\d+)([smhdw])")
@@ -51,6 +53,37 @@ _BACKY_IGNORED_GLOBAL = {
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """A certificate (PEM) and its private key."""
+
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class ServerSecurity:
+    """How one server section (`scheduler`, `monitor`, `hosts.NAME`) may listen."""
+
+    key: str
+    tls: TlsFiles | None = None
+    # Plaintext on a non-loopback address, knowingly.
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class Security:
+    """`global.tls`, `global.access` and `client.tls`: without a CA, plaintext on loopback."""
+
+    ca: Path | None = None
+    access: Mapping[Role, frozenset[str]] = field(default_factory=dict)
+    client_tls: TlsFiles | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.ca is not None
+
+
+@dataclass(frozen=True)
 class HostConfig:
     name: str
     backupd: str
@@ -59,6 +92,7 @@ class HostConfig:
     worker_limit: int
     restore_targets: tuple[str, ...]
     restore_limit: int
+    security: ServerSecurity = ServerSecurity("hosts")
 
 
 @dataclass(frozen=True)
@@ -84,6 +118,9 @@ class Config:
     schedules: Mapping[str, Schedule]
     jobs: Mapping[str, Job] = field(default_factory=dict)
     monitor_poll_interval: dt.timedelta = DEFAULT_POLL_INTERVAL
+    security: Security = Security()
+    scheduler_security: ServerSecurity = ServerSecurity("scheduler")
+    monitor_security: ServerSecurity = ServerSecurity("monitor")
 
     def host(self, name: str) -> HostConfig:
         try:
@@ -190,6 +227,20 @@ class _Reader:
             raise ConfigError(self.path, self.child_key(name), f"must be at least {minimum}")
         return float(value)
 
+    def boolean(self, name: str, default: bool = False) -> bool:
+        value = self.data.get(name, default)
+        if not isinstance(value, bool):
+            raise ConfigError(
+                self.path, self.child_key(name), f"expected true or false, got {value!r}"
+            )
+        return value
+
+    def absolute_path(self, name: str) -> Path:
+        value = self.string(name)
+        if not os.path.isabs(value):
+            raise ConfigError(self.path, self.child_key(name), "must be an absolute path")
+        return Path(value)
+
     def duration(self, name: str) -> dt.timedelta | None:
         if self.data.get(name) is None:
             return None
@@ -226,9 +277,55 @@ def _check_restore_targets(reader: _Reader, name: str, targets: tuple[str, ...])
             )
 
 
+def _read_tls_files(reader: _Reader) -> TlsFiles | None:
+    if reader.data.get("tls") is None:
+        return None
+    tls = reader.mapping("tls")
+    tls.reject_unknown({"cert", "key"})
+    return TlsFiles(tls.absolute_path("cert"), tls.absolute_path("key"))
+
+
+def _read_server_security(reader: _Reader) -> ServerSecurity:
+    return ServerSecurity(reader.key, _read_tls_files(reader), reader.boolean("insecure"))
+
+
+def _read_access(reader: _Reader) -> dict[Role, frozenset[str]]:
+    known = {role.label for role in Role}
+    reader.reject_unknown(known)
+    access = {}
+    for label in reader.data:
+        names = reader.string_list(label, ())
+        for name in names:
+            if len(name) > MAX_CERTIFICATE_NAME or "\0" in name:
+                raise ConfigError(
+                    reader.path,
+                    reader.child_key(label),
+                    "expected certificate names (CN or DNS SAN)",
+                )
+        access[Role[label.upper()]] = frozenset(names)
+    return access
+
+
+def _read_security(top: _Reader, hosts: Mapping[str, HostConfig]) -> Security:
+    global_ = top.mapping("global")
+    client = top.mapping("client")
+    client.reject_unknown({"tls"})
+    client_tls = _read_tls_files(client)
+    ca = None
+    if global_.data.get("tls") is not None:
+        tls = global_.mapping("tls")
+        tls.reject_unknown({"ca"})
+        ca = tls.absolute_path("ca")
+    elif client_tls is not None:
+        raise ConfigError(top.path, "client.tls", "needs global.tls.ca (the CA to verify servers)")
+    return Security(ca, _read_access(global_.mapping("access")), client_tls)
+
+
 def _read_global(reader: _Reader) -> GlobalConfig:
     reader.reject_unknown(
         {
+            "tls",
+            "access",
             "base-dir",
             "worker-limit",
             "restore-limit",
@@ -282,7 +379,16 @@ def _read_hosts(reader: _Reader, defaults: GlobalConfig) -> dict[str, HostConfig
         check_name(name, reader.path, reader.child_key(str(name)))
         host = reader.mapping(name)
         host.reject_unknown(
-            {"backupd", "restored", "base-dir", "worker-limit", "restore-targets", "restore-limit"}
+            {
+                "backupd",
+                "restored",
+                "base-dir",
+                "worker-limit",
+                "restore-targets",
+                "restore-limit",
+                "tls",
+                "insecure",
+            }
         )
         targets = host.string_list("restore-targets", defaults.restore_targets)
         _check_restore_targets(host, "restore-targets", targets)
@@ -297,6 +403,7 @@ def _read_hosts(reader: _Reader, defaults: GlobalConfig) -> dict[str, HostConfig
             worker_limit=host.integer("worker-limit", defaults.worker_limit, minimum=1),
             restore_targets=targets,
             restore_limit=host.integer("restore-limit", defaults.restore_limit, minimum=1),
+            security=_read_server_security(host),
         )
     return hosts
 
@@ -398,12 +505,12 @@ def _read_job(
 def parse(document: object, path: str) -> Config:
     """Validate a loaded YAML document."""
     top = _Reader(path, "", document)
-    top.reject_unknown({"global", "scheduler", "monitor", "hosts", "schedules", "jobs"})
+    top.reject_unknown({"global", "scheduler", "monitor", "hosts", "schedules", "jobs", "client"})
     defaults = _read_global(top.mapping("global"))
     scheduler = top.mapping("scheduler")
-    scheduler.reject_unknown({"listen"})
+    scheduler.reject_unknown({"listen", "tls", "insecure"})
     monitor = top.mapping("monitor")
-    monitor.reject_unknown({"listen", "http", "poll-interval"})
+    monitor.reject_unknown({"listen", "http", "poll-interval", "tls", "insecure"})
     hosts = _read_hosts(top.mapping("hosts"), defaults)
     schedules = _read_schedules(top.mapping("schedules"))
     jobs_reader = top.mapping("jobs")
@@ -422,6 +529,9 @@ def parse(document: object, path: str) -> Config:
         schedules=schedules,
         jobs=jobs,
         monitor_poll_interval=monitor.duration("poll-interval") or DEFAULT_POLL_INTERVAL,
+        security=_read_security(top, hosts),
+        scheduler_security=_read_server_security(scheduler),
+        monitor_security=_read_server_security(monitor),
     )
 
 

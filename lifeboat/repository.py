@@ -449,6 +449,17 @@ class JobDirectory:
     def append_log(self, message: str) -> None:
         """Append `ISO-timestamp message` as one line to the job's log."""
         self._ensure_dir()
+        self._append_line(message)
+
+    def append_log_if_present(self, message: str) -> bool:
+        """Append to the log of a job whose directory exists; never creates it."""
+        try:
+            self._append_line(message)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _append_line(self, message: str) -> None:
         stamp = clock.now().astimezone(dt.UTC).isoformat(timespec="seconds")
         line = f"{stamp} {' '.join(message.splitlines())}\n".encode()
         fd = os.open(

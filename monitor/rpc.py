@@ -9,10 +9,11 @@ from typing import Any
 
 import grpc
 
-from lifeboat import clock, convert
+from lifeboat import client, clock, convert
 from lifeboat.config import HostConfig
 from lifeboat.errors import LifeboatError, Unavailable
 from lifeboat.grpc_errors import error_for
+from lifeboat.security import ClientIdentity
 from lifeboat.v1 import (
     backup_pb2,
     backup_pb2_grpc,
@@ -134,13 +135,14 @@ def _unimplemented(error: grpc.aio.AioRpcError) -> bool:
 class GrpcSource:
     """Asks the daemons over one reused channel per address."""
 
-    def __init__(self) -> None:
+    def __init__(self, identity: ClientIdentity | None = None) -> None:
+        self.identity = identity
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            channel = client.aio_channel(address, self.identity, CHANNEL_OPTIONS)
             self._channels[address] = channel
         return channel
 

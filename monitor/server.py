@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lifeboat import config as config_module
 from lifeboat.bootstrap import GrpcDaemon, ServiceSpec
+from lifeboat.security import daemon_identity, guard_for
 from lifeboat.v1 import monitor_pb2, monitor_pb2_grpc
 from monitor.core import Monitor
 from monitor.rpc import GrpcSource
@@ -18,12 +19,17 @@ def build(
     Start the daemon, then `await monitor.start()` (HTTP and polling); stopping the
     daemon stops the monitor.
     """
-    monitor = Monitor(config, GrpcSource(), http_listen or config.monitor_http)
+    section = config.monitor_security
+    guard = guard_for(config, section, listen, ("monitor.listen", config.monitor_listen))
+    source = GrpcSource(daemon_identity(config, section))
+    monitor = Monitor(config, source, http_listen or config.monitor_http)
     servicer = MonitorServicer(monitor)
     path = config.path
 
     async def reload() -> None:
-        monitor.reconfigure(config_module.load(path))
+        new = config_module.load(path)
+        monitor.reconfigure(new)
+        daemon.reload_security(new)
 
     services = [
         ServiceSpec(
@@ -31,7 +37,15 @@ def build(
             lambda server: monitor_pb2_grpc.add_MonitorServiceServicer_to_server(servicer, server),
         ),
     ]
-    daemon = GrpcDaemon("monitor", listen, services, on_reload=reload, on_stop=monitor.stop)
+    daemon = GrpcDaemon(
+        "monitor",
+        listen,
+        services,
+        on_reload=reload,
+        on_stop=monitor.stop,
+        guard=guard,
+        section=lambda new: new.monitor_security,
+    )
     return daemon, monitor
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from lifeboat import config as config_module
-from lifeboat.bootstrap import GrpcDaemon, ServiceSpec
+from lifeboat.bootstrap import GrpcDaemon, ServiceSpec, audit_to_job_log
 from lifeboat.operation_service import operation_service
 from lifeboat.operations import OperationRegistry
+from lifeboat.security import guard_for
 from lifeboat.v1 import restore_pb2, restore_pb2_grpc
 from restored.service import RestoreServicer
 from restored.worker import RestoreSettings, RestoreWorker
@@ -32,9 +33,15 @@ def build(config: config_module.Config, host: str, listen: str) -> tuple[GrpcDae
     worker = RestoreWorker(restore_settings(config, host), registry)
     servicer = RestoreServicer(worker)
     path = config.path
+    host_config = config.host(host)
+    guard = guard_for(
+        config, host_config.security, listen, (f"hosts.{host}.restored", host_config.restored)
+    )
 
     async def reload() -> None:
-        worker.reconfigure(restore_settings(config_module.load(path), host))
+        new = config_module.load(path)
+        worker.reconfigure(restore_settings(new, host))
+        daemon.reload_security(new)
 
     async def stop() -> None:
         await asyncio.to_thread(worker.shutdown)
@@ -46,7 +53,17 @@ def build(config: config_module.Config, host: str, listen: str) -> tuple[GrpcDae
         ),
         operation_service(registry),
     ]
-    return GrpcDaemon("restored", listen, services, on_reload=reload, on_stop=stop), worker
+    daemon = GrpcDaemon(
+        "restored",
+        listen,
+        services,
+        on_reload=reload,
+        on_stop=stop,
+        guard=guard,
+        section=lambda new: new.host(host).security,
+        job_log=audit_to_job_log(worker.repository),
+    )
+    return daemon, worker
 
 
 async def serve(config: config_module.Config, host: str, listen: str) -> None:

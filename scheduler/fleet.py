@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from lifeboat import config as config_module
 from lifeboat.config import Config, HostConfig
@@ -34,6 +34,8 @@ class Scheduler:
         self.hosts: dict[str, HostScheduler] = {}
         self._started = False
         self._reloading = asyncio.Lock()
+        # Told of every config applied, so the server's roles and certificates follow.
+        self.on_apply: Callable[[Config], None] = lambda config: None
         for name, host in config.hosts.items():
             self.hosts[name] = self._host_scheduler(host)
             self.hosts[name].set_jobs(config.jobs_on(name))
@@ -106,6 +108,7 @@ class Scheduler:
         for name, scheduler in self.hosts.items():
             scheduler.set_jobs(new.jobs_on(name))
         self.config = new
+        self.on_apply(new)
         # Stopped last, so every query in the meantime sees one consistent config.
         await asyncio.gather(*(scheduler.stop() for scheduler in stale))
         log.info(

@@ -9,11 +9,12 @@ from typing import Any
 
 import grpc
 
-from lifeboat import convert
+from lifeboat import client, convert
 from lifeboat.config import HostConfig
 from lifeboat.grpc_errors import error_for
 from lifeboat.model import Job
 from lifeboat.operations import OperationState
+from lifeboat.security import ClientIdentity
 from lifeboat.v1 import (
     backup_pb2,
     backup_pb2_grpc,
@@ -60,12 +61,14 @@ def report_from_pb(status: resources_pb2.JobStatus) -> JobReport:
 
 
 class GrpcHostClient:
-    def __init__(self, host: HostConfig, settings: SchedulerSettings) -> None:
+    def __init__(
+        self, host: HostConfig, settings: SchedulerSettings, identity: ClientIdentity | None
+    ) -> None:
         self.host = host
         self.settings = settings
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
-        self._backupd = grpc.aio.insecure_channel(host.backupd, options=options)
-        self._restored = grpc.aio.insecure_channel(host.restored)
+        self._backupd = client.aio_channel(host.backupd, identity, options)
+        self._restored = client.aio_channel(host.restored, identity)
         self._backups = backup_pb2_grpc.BackupServiceStub(self._backupd)
         self._backup_operations = operations_pb2_grpc.OperationServiceStub(self._backupd)
         self._restore_operations = operations_pb2_grpc.OperationServiceStub(self._restored)
@@ -145,5 +148,7 @@ class GrpcHostClient:
         await self._restored.close(None)
 
 
-def grpc_clients(settings: SchedulerSettings) -> Callable[[HostConfig], HostClient]:
-    return lambda host: GrpcHostClient(host, settings)
+def grpc_clients(
+    settings: SchedulerSettings, identity: ClientIdentity | None = None
+) -> Callable[[HostConfig], HostClient]:
+    return lambda host: GrpcHostClient(host, settings, identity)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lifeboat import config as config_module
 from lifeboat.bootstrap import GrpcDaemon, ServiceSpec
+from lifeboat.security import daemon_identity, guard_for
 from lifeboat.v1 import scheduler_pb2, scheduler_pb2_grpc
 from scheduler.fleet import Scheduler
 from scheduler.hosts import HostClientFactory
@@ -20,7 +21,10 @@ def build(
 ) -> tuple[GrpcDaemon, Scheduler]:
     """The daemon and its scheduler, neither started; tests start them on port 0."""
     settings = settings or SchedulerSettings()
-    scheduler = Scheduler(config, clients or grpc_clients(settings), settings)
+    section = config.scheduler_security
+    guard = guard_for(config, section, listen, ("scheduler.listen", config.scheduler_listen))
+    identity = daemon_identity(config, section)
+    scheduler = Scheduler(config, clients or grpc_clients(settings, identity), settings)
     servicer = SchedulerServicer(scheduler)
 
     async def reload() -> None:
@@ -34,7 +38,16 @@ def build(
             ),
         ),
     ]
-    daemon = GrpcDaemon("scheduler", listen, services, on_reload=reload, on_stop=scheduler.stop)
+    daemon = GrpcDaemon(
+        "scheduler",
+        listen,
+        services,
+        on_reload=reload,
+        on_stop=scheduler.stop,
+        guard=guard,
+        section=lambda new: new.scheduler_security,
+    )
+    scheduler.on_apply = daemon.reload_security
     return daemon, scheduler
 
 

@@ -129,23 +129,23 @@ class Story:
 
     def backup(self, job: str) -> resources_pb2.Operation:
         address = self.config.hosts[JOBS[job]].backupd
-        with client.channel(address) as channel:
+        with client.channel(address, None) as channel:
             stub = backup_pb2_grpc.BackupServiceStub(channel)
             request = backup_pb2.StartBackupRequest(
                 job=convert.job_to_pb(self.config.jobs[job]), tags=["often"]
             )
             reply = client.call(address, stub.StartBackup, request, 10)
-        done = client.watch(address, reply.operation.name, show=False)
+        done = client.watch(address, None, reply.operation.name, show=False)
         assert done.state == resources_pb2.OPERATION_STATE_SUCCEEDED, done.error
         return done
 
     def verify(self, job: str) -> resources_pb2.Operation:
         address = self.config.hosts[JOBS[job]].backupd
-        with client.channel(address) as channel:
+        with client.channel(address, None) as channel:
             stub = backup_pb2_grpc.BackupServiceStub(channel)
             request = backup_pb2.VerifyRevisionRequest(job=job)
             reply = client.call(address, stub.VerifyRevision, request, 10)
-        return client.watch(address, reply.operation.name, show=False)
+        return client.watch(address, None, reply.operation.name, show=False)
 
     def reload_monitor(self) -> None:
         monitor = self.daemons["monitor"]

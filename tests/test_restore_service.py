@@ -760,5 +760,6 @@ def _admin_parser() -> Any:
 
     parser = argparse.ArgumentParser(prog="lifeboat")
     parser.add_argument("--timeout", type=float, default=30.0)
+    parser.set_defaults(identity=None)
     admin_restore.register(parser.add_subparsers(dest="command", required=True))
     return parser

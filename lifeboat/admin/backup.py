@@ -59,7 +59,7 @@ def finish(operation: resources_pb2.Operation) -> int:
 def run_backup(args: argparse.Namespace, config: Config) -> int:
     job = job_of(config, args.job)
     address = backupd_address(config, job)
-    with client.channel(address) as channel:
+    with client.channel(address, args.identity) as channel:
         stub = backup_pb2_grpc.BackupServiceStub(channel)
         request = backup_pb2.StartBackupRequest(job=convert.job_to_pb(job), tags=args.tag)
         reply: Any = client.call(address, stub.StartBackup, request, args.timeout)
@@ -69,7 +69,7 @@ def run_backup(args: argparse.Namespace, config: Config) -> int:
     if not args.wait:
         print(operation.name)
         return EXIT_OK
-    return finish(client.watch(address, operation.name))
+    return finish(client.watch(address, args.identity, operation.name))
 
 
 def revision_row(revision: resources_pb2.Revision) -> list[str]:
@@ -89,7 +89,7 @@ def revision_row(revision: resources_pb2.Revision) -> list[str]:
 def run_revisions(args: argparse.Namespace, config: Config) -> int:
     job = job_of(config, args.job)
     address = backupd_address(config, job)
-    with client.channel(address) as channel:
+    with client.channel(address, args.identity) as channel:
         stub = backup_pb2_grpc.BackupServiceStub(channel)
         request = backup_pb2.ListRevisionsRequest(job=job.name)
         reply: Any = client.call(address, stub.ListRevisions, request, args.timeout)
@@ -101,11 +101,11 @@ def run_revisions(args: argparse.Namespace, config: Config) -> int:
 def run_verify(args: argparse.Namespace, config: Config) -> int:
     job = job_of(config, args.job)
     address = backupd_address(config, job)
-    with client.channel(address) as channel:
+    with client.channel(address, args.identity) as channel:
         stub = backup_pb2_grpc.BackupServiceStub(channel)
         request = backup_pb2.VerifyRevisionRequest(job=job.name, revision_id=args.revision)
         reply: Any = client.call(address, stub.VerifyRevision, request, args.timeout)
     if args.no_wait:
         print(reply.operation.name)
         return EXIT_OK
-    return finish(client.watch(address, reply.operation.name))
+    return finish(client.watch(address, args.identity, reply.operation.name))

@@ -51,7 +51,7 @@ def _scheduler_option(parser: argparse.ArgumentParser) -> None:
 
 def _call(args: argparse.Namespace, config: Config, method: str, request: Any) -> Any:
     address = args.scheduler or config.scheduler_listen
-    with client.channel(address) as channel:
+    with client.channel(address, args.identity) as channel:
         stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
         return client.call(f"scheduler {address}", getattr(stub, method), request, args.timeout)
 
@@ -129,7 +129,7 @@ def run_run(args: argparse.Namespace, config: Config) -> int:
     job = config.jobs.get(args.job)
     if job is None:
         raise NotFound(f"no job named {args.job!r} in {config.path}: cannot find its host")
-    final = client.watch(config.host(job.host).backupd, operation.name)
+    final = client.watch(config.host(job.host).backupd, args.identity, operation.name)
     state = resources_pb2.OperationState.Name(final.state).removeprefix("OPERATION_STATE_")
     revision = f" revision {final.revision_id}" if final.revision_id else ""
     detail = f": {final.error}" if final.error else ""

@@ -11,6 +11,7 @@ from typing import Any
 from lifeboat import client
 from lifeboat import config as config_module
 from lifeboat.errors import LifeboatError, NotFound
+from lifeboat.security import ClientIdentity
 from lifeboat.v1 import (
     operations_pb2,
     operations_pb2_grpc,
@@ -69,13 +70,15 @@ def _request(args: argparse.Namespace) -> restore_pb2.StartRestoreRequest:
     return request
 
 
-def _wait(address: str, name: str, timeout: float) -> resources_pb2.Operation:
+def _wait(
+    address: str, identity: ClientIdentity | None, name: str, timeout: float
+) -> resources_pb2.Operation:
     """Show progress until the operation ends; its final state comes from GetOperation,
     because a watch can end on the update just before the final one."""
     with contextlib.suppress(LifeboatError):  # a real problem shows again below
-        client.watch(address, name)
+        client.watch(address, identity, name)
     request = operations_pb2.GetOperationRequest(name=name)
-    with client.channel(address) as channel:
+    with client.channel(address, identity) as channel:
         stub = operations_pb2_grpc.OperationServiceStub(channel)
         while True:
             reply = client.call(address, stub.GetOperation, request, timeout)
@@ -87,7 +90,7 @@ def _wait(address: str, name: str, timeout: float) -> resources_pb2.Operation:
 
 def run(args: argparse.Namespace, config: config_module.Config) -> int:
     address = _host(args, config).restored
-    with client.channel(address) as channel:
+    with client.channel(address, args.identity) as channel:
         stub = restore_pb2_grpc.RestoreServiceStub(channel)
         reply = client.call(address, stub.StartRestore, _request(args), args.timeout)
     assert isinstance(reply, restore_pb2.StartRestoreResponse)
@@ -98,7 +101,7 @@ def run(args: argparse.Namespace, config: config_module.Config) -> int:
     )
     if not args.wait:
         return 0
-    final = _wait(address, operation.name, args.timeout)
+    final = _wait(address, args.identity, operation.name, args.timeout)
     if final.state != resources_pb2.OPERATION_STATE_SUCCEEDED:
         state = resources_pb2.OperationState.Name(final.state).removeprefix("OPERATION_STATE_")
         print(f"lifeboat: {final.name} {state.lower()}: {final.error}", file=sys.stderr)

@@ -104,7 +104,7 @@ def render(reply: monitor_pb2.GetSlaReportResponse) -> str:
 
 def run_status(args: argparse.Namespace, config: Config) -> int:
     address = args.monitor or config.monitor_listen
-    with client.channel(address) as channel:
+    with client.channel(address, args.identity) as channel:
         stub = monitor_pb2_grpc.MonitorServiceStub(channel)
         request = monitor_pb2.GetSlaReportRequest(job=args.job, host=args.host)
         reply: Any = client.call(f"monitor {address}", stub.GetSlaReport, request, args.timeout)
