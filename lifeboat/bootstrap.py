@@ -22,9 +22,10 @@ from grpc_reflection.v1alpha import reflection
 
 from lifeboat import access, errors
 from lifeboat.access import Access
+from lifeboat.bounds import clip
 from lifeboat.config import Config, ServerSecurity
 from lifeboat.grpc_errors import status_for
-from lifeboat.repository import Repository
+from lifeboat.repository import Repository, validate_job_name
 from lifeboat.request_bounds import check_request
 from lifeboat.security import Guard
 
@@ -73,11 +74,12 @@ def _result_of(context: grpc.aio.ServicerContext, error: BaseException | None) -
 
 
 def _job_of(request: Any, response: Any) -> str:
-    job = getattr(request, "job", "")
+    """The job a call concerns: named by the request, or by the operation it answers with."""
+    job = getattr(request, "job", None)
+    if isinstance(job, str) and job:
+        return job
     operation = getattr(response, "operation", None)
-    if not job and operation is not None:
-        job = operation.job
-    return job if isinstance(job, str) else ""
+    return operation.job if operation is not None else ""
 
 
 def audit_to_job_log(repository: Repository) -> JobLog:
@@ -103,6 +105,7 @@ class CallGuard:
         refusal = access.refusal(method, caller)
         if refusal is not None:
             log.warning("refused %s to %s", access.short_method(method), caller.name)
+            await self.audit(method, caller, request, None, "PERMISSION_DENIED")
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
         try:
             check_request(request)
@@ -121,10 +124,14 @@ class CallGuard:
         if method not in access.AUDITED:
             return
         job = _job_of(request, response)
+        try:
+            shown = validate_job_name(job)
+        except errors.InvalidArgument:
+            job, shown = "", clip(job) if job else "-"
         role = caller.role.label if caller.role is not None else "none"
         line = (
             f"audit caller={caller.name} role={role} rpc={access.short_method(method)} "
-            f"job={job or '-'} result={result}"
+            f"job={shown} result={result}"
         )
         audit_log.info("%s", line)
         if job and self.job_log is not None:

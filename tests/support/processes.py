@@ -16,6 +16,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from lifeboat import client
+from lifeboat.security import ClientIdentity
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -35,12 +38,17 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_serving(address: str, timeout: float = 20.0, service: str = "") -> None:
+def wait_serving(
+    address: str,
+    timeout: float = 20.0,
+    service: str = "",
+    identity: ClientIdentity | None = None,
+) -> None:
     """Block until the health service at `address` says SERVING."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:
-        with grpc.insecure_channel(address) as channel:
+        with client.channel(address, identity) as channel:
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(service=service), timeout=1.0
@@ -81,7 +89,14 @@ class Fleet:
     workdir: Path
     daemons: list[Daemon] = field(default_factory=list)
 
-    def start(self, module: str, address: str, *args: str, wait: bool = True) -> Daemon:
+    def start(
+        self,
+        module: str,
+        address: str,
+        *args: str,
+        wait: bool = True,
+        identity: ClientIdentity | None = None,
+    ) -> Daemon:
         name = module.split(".")[0]
         log_path = self.workdir / f"{name}-{len(self.daemons)}.log"
         with log_path.open("wb") as log_file:
@@ -97,7 +112,7 @@ class Fleet:
         self.daemons.append(daemon)
         if wait:
             try:
-                wait_serving(address)
+                wait_serving(address, identity=identity)
             except TimeoutError as error:
                 raise TimeoutError(f"{error}\n--- {name} log ---\n{daemon.log()}") from None
         return daemon
