@@ -3,6 +3,17 @@ domain code raises these and never imports grpc."""
 
 from __future__ import annotations
 
+ECHO_LIMIT = 100
+
+
+def clip(text: str, limit: int = ECHO_LIMIT) -> str:
+    """`text` quoted for an error message or a log line, cut to `limit` characters: caller
+    input is echoed, never copied whole."""
+    quoted = repr(text)
+    if len(quoted) <= limit:
+        return quoted
+    return f"{quoted[:limit]}... ({len(text)} characters)"
+
 
 class LifeboatError(Exception):
     """Base of every error that is reported to a caller."""
