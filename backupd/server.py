@@ -21,6 +21,8 @@ def worker_settings(config: config_module.Config, host: str) -> WorkerSettings:
         host=host,
         base_dir=host_config.base_dir,
         worker_limit=host_config.worker_limit,
+        jobs={job.name: job for job in config.jobs_on(host)},
+        config_path=config.path,
         backup=BackupSettings(
             verify=VerifyLimits(
                 fraction=config.global_.verify_fraction,
@@ -40,7 +42,8 @@ def build(config: config_module.Config, host: str, listen: str) -> tuple[GrpcDae
     path = config.path
 
     async def reload() -> None:
-        worker.reconfigure(worker_settings(config_module.load(path), host))
+        config = await asyncio.to_thread(config_module.load, path)
+        worker.reconfigure(worker_settings(config, host))
 
     async def stop() -> None:
         await asyncio.to_thread(worker.shutdown)
