@@ -22,6 +22,8 @@ def worker_settings(config: config_module.Config, host: str) -> WorkerSettings:
         host=host,
         base_dir=host_config.base_dir,
         worker_limit=host_config.worker_limit,
+        jobs={job.name: job for job in config.jobs_on(host)},
+        config_path=config.path,
         backup=BackupSettings(
             verify=VerifyLimits(
                 fraction=config.global_.verify_fraction,
@@ -45,7 +47,7 @@ def build(config: config_module.Config, host: str, listen: str) -> tuple[GrpcDae
     )
 
     async def reload() -> None:
-        new = config_module.load(path)
+        new = await asyncio.to_thread(config_module.load, path)
         worker.reconfigure(worker_settings(new, host))
         daemon.reload_security(new)
 

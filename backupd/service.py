@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from backupd.worker import BackupWorker, JobStatus
@@ -48,7 +50,10 @@ class BackupServicer(pb_grpc.BackupServiceServicer):
     async def StartBackup(
         self, request: pb.StartBackupRequest, context: grpc.aio.ServicerContext
     ) -> pb.StartBackupResponse:
-        job = convert.job_from_pb(request.job)
+        job = _required(request.job, "job")
+        if not self.worker.configures(job):
+            # Off the event loop: telling "not configured" from "not reloaded" reads the file.
+            raise await asyncio.to_thread(self.worker.unconfigured_error, job)
         record, started = self.worker.start_backup(job, list(request.tags))
         return pb.StartBackupResponse(operation=convert.operation_to_pb(record), started=started)
 
@@ -68,7 +73,9 @@ class BackupServicer(pb_grpc.BackupServiceServicer):
         self, request: pb.DeleteRevisionRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteRevisionResponse:
         self.worker.delete_revision(
-            _required(request.job, "job"), _required(request.revision_id, "revision_id")
+            _required(request.job, "job"),
+            _required(request.revision_id, "revision_id"),
+            request.confirm_revision_id,
         )
         return pb.DeleteRevisionResponse()
 

@@ -12,7 +12,7 @@ import datetime as dt
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,10 @@ from backupd.hooks import RetryLater
 from backupd.sources import driver_for
 from backupd.verify import VerifyLimits, verify_against_manifest
 from lifeboat import clock, retention
+from lifeboat.bounds import MAX_TAG_LENGTH, MAX_TAGS, clip
 from lifeboat.clone import supports_reflink
 from lifeboat.config import check_name
+from lifeboat.config import load as load_config
 from lifeboat.errors import (
     Cancelled,
     ConfigError,
@@ -35,13 +37,14 @@ from lifeboat.errors import (
     ResourceExhausted,
 )
 from lifeboat.manifest import Manifest
-from lifeboat.model import Job
+from lifeboat.model import Job, Schedule
 from lifeboat.operations import OperationKind, OperationRecord, OperationRegistry, OperationState
-from lifeboat.repository import JobDirectory, Repository, RevisionMeta
+from lifeboat.repository import JobDirectory, Repository, RevisionMeta, validate_job_name
 
 log = logging.getLogger("lifeboat.backupd")
 
 FULL_VERIFY_LIMITS = VerifyLimits(fraction=1.0, time_limit=7 * 24 * 3600.0)
+MANUAL = "manual:"
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,9 @@ class WorkerSettings:
     base_dir: Path
     worker_limit: int
     backup: BackupSettings = field(default_factory=BackupSettings)
+    # The jobs the config configures for `host`, by name: the only jobs backed up here.
+    jobs: Mapping[str, Job] = field(default_factory=dict)
+    config_path: str = ""
 
 
 @dataclass
@@ -84,16 +90,46 @@ class HostStatus:
     reflink: bool
 
 
-def check_tags(tags: Sequence[str], field_name: str = "tags") -> list[str]:
+def check_tags(
+    tags: Sequence[str], schedule: Schedule | None, field_name: str = "tags"
+) -> list[str]:
+    """Tags a caller may put on a revision: the tags of the job's schedule, or `manual:NAME`
+    (only those when the job is no longer configured: `schedule` None)."""
     if not tags:
         raise InvalidArgument(field_name, "at least one tag is required")
+    if len(tags) > MAX_TAGS:
+        raise InvalidArgument(field_name, f"at most {MAX_TAGS} tags, got {len(tags)}")
     for tag in tags:
-        name = tag.removeprefix("manual:")
-        try:
-            check_name(name, "request", field_name)
-        except ConfigError:
-            raise InvalidArgument(field_name, f"invalid tag {tag!r}") from None
+        _check_tag(tag, schedule, field_name)
     return sorted(set(tags))
+
+
+def _check_tag(tag: str, schedule: Schedule | None, field_name: str) -> None:
+    if len(tag) > MAX_TAG_LENGTH:
+        # Its beginning only: an overlong value is never echoed whole.
+        raise InvalidArgument(
+            field_name,
+            f"tag {clip(tag, MAX_TAG_LENGTH // 2)} is longer than {MAX_TAG_LENGTH} characters",
+        )
+    if tag.startswith(MANUAL):
+        try:
+            check_name(tag.removeprefix(MANUAL), "request", field_name)
+        except ConfigError:
+            raise InvalidArgument(field_name, f"invalid tag {clip(tag)}") from None
+        return
+    if schedule is None:
+        raise InvalidArgument(
+            field_name,
+            f"tag {clip(tag)}: the job is not configured for this host, so only "
+            f"{MANUAL}NAME tags may be added",
+        )
+    scheduled = [spec.name for spec in schedule.tags]
+    if tag not in scheduled:
+        raise InvalidArgument(
+            field_name,
+            f"tag {clip(tag)} is neither a tag of schedule {schedule.name} "
+            f"({', '.join(scheduled)}) nor {MANUAL}NAME",
+        )
 
 
 def bytes_used(job_dir: JobDirectory) -> int:
@@ -126,6 +162,7 @@ class BackupWorker:
             log.warning("base-dir changes need a restart; keeping %s", self.settings.base_dir)
             settings = replace(settings, base_dir=self.settings.base_dir)
         self.settings = settings
+        log.info("%d jobs configured for host %s", len(settings.jobs), settings.host)
 
     def recover_all(self) -> None:
         """Remove leftovers of interrupted backups in every job directory."""
@@ -144,9 +181,41 @@ class BackupWorker:
 
     # -- backups ---------------------------------------------------------------------------
 
-    def start_backup(self, job: Job, tags: Sequence[str]) -> tuple[OperationRecord, bool]:
-        """Start a backup; returns (operation, started). A running backup is returned as is."""
-        tags = check_tags(tags)
+    def configures(self, job: str) -> bool:
+        """Whether `job` is configured for this host (as the config was last loaded)."""
+        return job in self.settings.jobs
+
+    def _not_configured(self, job: str) -> str:
+        return (
+            f"job {clip(job)} is not configured for host {self.settings.host} "
+            f"in {self.settings.config_path}"
+        )
+
+    def unconfigured_error(self, job: str) -> LifeboatError:
+        """Why `job` cannot be backed up here: NotFound, or FailedPrecondition when the
+        config file now configures it but was not reloaded. Reads the file: call it off
+        the event loop."""
+        validate_job_name(job)
+        message = self._not_configured(job)
+        try:
+            on_disk = load_config(self.settings.config_path).jobs.get(job)
+        except ConfigError as error:
+            log.warning("cannot read the config file again: %s", error)
+            return NotFound(message)
+        if on_disk is not None and on_disk.host == self.settings.host:
+            return FailedPrecondition(
+                f"{message} as loaded, but the file configures it now: "
+                "reload the host's config (SIGHUP)"
+            )
+        return NotFound(message)
+
+    def start_backup(self, job_name: str, tags: Sequence[str]) -> tuple[OperationRecord, bool]:
+        """Start a backup of a configured job; returns (operation, started). A running backup
+        is returned as is."""
+        job = self.settings.jobs.get(job_name)
+        if job is None:
+            raise NotFound(self._not_configured(job_name))
+        tags = check_tags(tags, job.schedule)
         job_dir = self.repository.job(job.name)
         running = self.registry.select(job=job.name, running_only=True, kind=OperationKind.BACKUP)
         if running:
@@ -158,6 +227,8 @@ class BackupWorker:
                 f"{self.settings.worker_limit}); try again later"
             )
         record = self.registry.create(OperationKind.BACKUP, job.name, tags=tuple(tags))
+        # Exists when the call returns, so the call's audit line lands in the job's log.
+        job_dir.path.mkdir(parents=True, exist_ok=True)
         self._submit(record, self._run_backup, record, job, job_dir, tags)
         return record, True
 
@@ -315,7 +386,9 @@ class BackupWorker:
             raise InvalidArgument("revision_id", "required (an id or 'last')")
         return self._existing_job(job).revision(revision_id)
 
-    def delete_revision(self, job: str, revision_id: str) -> None:
+    def delete_revision(self, job: str, revision_id: str, confirm: str) -> None:
+        if confirm != revision_id:
+            raise InvalidArgument("confirm_revision_id", "must repeat revision_id exactly")
         job_dir = self._existing_job(job)
         meta = self.get_revision(job, revision_id)
         with job_dir.lock(blocking=True):
@@ -325,18 +398,26 @@ class BackupWorker:
     def update_tags(
         self, job: str, revision_id: str, add: Sequence[str], remove: Sequence[str]
     ) -> RevisionMeta:
-        if add:
-            check_tags(add, "add_tags")
         if not add and not remove:
             raise InvalidArgument("add_tags", "give tags to add or to remove")
         job_dir = self._existing_job(job)
+        if add:
+            configured = self.settings.jobs.get(job)
+            add = check_tags(add, configured.schedule if configured else None, "add_tags")
         with job_dir.lock(blocking=True):
             meta = job_dir.revision(revision_id)
             tags = sorted((set(meta.tags) | set(add)) - set(remove))
+            if add and len(tags) > MAX_TAGS:
+                raise InvalidArgument(
+                    "add_tags",
+                    f"revision {meta.id} would carry {len(tags)} tags (at most {MAX_TAGS})",
+                )
+            # Only tags the revision carried are logged: `remove` is unchecked caller input.
+            removed = sorted(set(meta.tags) - set(tags))
             updated = replace(meta, tags=tags)
             job_dir.update(updated)
             job_dir.append_log(
-                f"revision {meta.id} tags changed on request: +{','.join(add)} -{','.join(remove)}"
+                f"revision {meta.id} tags changed on request: +{','.join(add)} -{','.join(removed)}"
             )
         return updated
 
@@ -422,6 +503,11 @@ class BackupWorker:
         if confirm != job:
             raise InvalidArgument("confirm_job", "must repeat the job name exactly")
         job_dir = self._existing_job(job)
+        if self.configures(job):
+            raise FailedPrecondition(
+                f"job {job!r} is configured for host {self.settings.host} in "
+                f"{self.settings.config_path}: remove it from the config and reload first"
+            )
         if self.registry.select(job=job, running_only=True):
             raise FailedPrecondition(f"job {job!r} has a running operation; cancel it first")
         with job_dir.lock(blocking=False):

@@ -56,10 +56,16 @@ def median(values: list[float]) -> float:
 
 
 def forget_job(daemon: Backupd, name: str) -> None:
-    """Delete a job's revisions so that the next backup of it is full again."""
+    """Delete a job's revisions so that the next backup of it is full again (one by one:
+    DeleteJobData is only for jobs no longer configured)."""
     with client.channel(daemon.daemon.address, None) as channel:
         stub = backup_pb2_grpc.BackupServiceStub(channel)
-        stub.DeleteJobData(backup_pb2.DeleteJobDataRequest(job=name, confirm_job=name), timeout=60)
+        listed = stub.ListRevisions(backup_pb2.ListRevisionsRequest(job=name), timeout=60)
+        for revision in listed.revisions:
+            request = backup_pb2.DeleteRevisionRequest(
+                job=name, revision_id=revision.id, confirm_revision_id=revision.id
+            )
+            stub.DeleteRevision(request, timeout=60)
 
 
 def full_rounds(
@@ -87,7 +93,7 @@ def file_figures(fs: Path, size: int, rounds: int, rows: list[Row]) -> None:
         return seconds
 
     backup_job = job("vm-file", FileSource(str(image)))
-    with backupd(fs, fs / "repo") as daemon:
+    with backupd(fs, fs / "repo", [backup_job]) as daemon:
         cp_times, full_times = full_rounds(daemon, backup_job, rounds, cp_sync)
         cp_s, full_s = median(cp_times), median(full_times)
         print(
@@ -174,11 +180,11 @@ def ceph_figures(
         cluster.rbd("import", "--no-progress", str(fs / "vm.raw"), f"{cluster.pool}/vm-ceph")
         print(f"  rbd import of the image: {time.monotonic() - started:.1f}s")
         backup_job = job("vm-ceph", CephRbdSource(cluster.pool, "vm-ceph", conf=str(cluster.conf)))
-        with backupd(fs, fs / "repo-ceph") as daemon:
+        with backupd(fs, fs / "repo-ceph", [backup_job]) as daemon:
             full_times, full_cpu = ceph_backups(daemon, cluster, backup_job, size, rounds, 0)
             inc_times, inc_cpu = ceph_backups(daemon, cluster, backup_job, size, rounds, 100)
         # For reference: what the verification sample costs in the incremental.
-        with backupd(fs, fs / "repo-ceph", verify_fraction=0) as daemon:
+        with backupd(fs, fs / "repo-ceph", [backup_job], verify_fraction=0) as daemon:
             unverified, _ = ceph_backups(daemon, cluster, backup_job, size, rounds, 200)
         print(
             f"  full backup from Ceph:        {fmt(full_times)} -> {size / median(full_times) / MiB:.0f} MiB/s"

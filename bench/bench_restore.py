@@ -37,8 +37,16 @@ from pathlib import Path
 
 import grpc
 
-from bench.common import GiB, MiB, add_backing_dir, drop_caches, report, timed, vm_hwm
-from lifeboat import convert
+from bench.common import (
+    GiB,
+    MiB,
+    add_backing_dir,
+    drop_caches,
+    jobs_config,
+    report,
+    timed,
+    vm_hwm,
+)
 from lifeboat.model import FileSource, Job, Schedule, TagSpec
 from lifeboat.v1 import (
     backup_pb2,
@@ -101,8 +109,8 @@ class Host:
     def restore_operations(self) -> operations_pb2_grpc.OperationServiceStub:
         return operations_pb2_grpc.OperationServiceStub(self.restore_channel)
 
-    def start_backup(self, job: Job) -> resources_pb2.Operation:
-        request = backup_pb2.StartBackupRequest(job=convert.job_to_pb(job), tags=["daily"])
+    def start_backup(self, job: str) -> resources_pb2.Operation:
+        request = backup_pb2.StartBackupRequest(job=job, tags=["daily"])
         return self.backups.StartBackup(request, timeout=30).operation
 
     def start_restore(self, job: str, target: Path) -> resources_pb2.Operation:
@@ -144,14 +152,14 @@ class Host:
 
 
 @contextmanager
-def host(workdir: Path, fs: Path, worker_limit: int) -> Iterator[Host]:
+def host(workdir: Path, fs: Path, worker_limit: int, jobs: list[Job]) -> Iterator[Host]:
     ports = free_port(), free_port()
     config = workdir / "bench-restore.yaml"
     config.write_text(
         f"global: {{base-dir: {fs}/repo, worker-limit: {worker_limit}, "
         f"restore-targets: [{fs}/restore]}}\n"
         f"hosts: {{bench: {{backupd: 127.0.0.1:{ports[0]}, restored: 127.0.0.1:{ports[1]}}}}}\n"
-        "schedules: {bench: {daily: {interval: 1d, keep: 7}}}\n"
+        "schedules: {bench: {daily: {interval: 1d, keep: 7}}}\n" + jobs_config(jobs)
     )
     with fleet(workdir) as running:
         backupd = running.start("backupd.cli", f"127.0.0.1:{ports[0]}", "--config", str(config))
@@ -258,7 +266,6 @@ def latency_figures(
     fs: Path,
     big: str,
     small: list[str],
-    sources: dict[str, Path],
     worker_limit: int,
     samples: int,
     rows: list[Row],
@@ -271,7 +278,7 @@ def latency_figures(
     busy_jobs = small[:worker_limit]
     while len(loaded) < samples:
         drop_caches()
-        backups = [host.start_backup(job(name, sources[name])) for name in busy_jobs]
+        backups = [host.start_backup(name) for name in busy_jobs]
         if host.running_backups() < worker_limit:
             for operation in backups:
                 host.wait_backup(operation.name)
@@ -319,23 +326,23 @@ def main(argv: list[str]) -> int:
                 f"{args.parallel} parallel restores of {small_size / MiB:.0f} MiB images"
             )
             (fs / "restore").mkdir()
-            with host(workdir, fs, args.worker_limit) as bench_host:
-                big_source = fs / "vm-big.raw"
+            big_source = fs / "vm-big.raw"
+            small = [f"vm-small{i}" for i in range(args.parallel)]
+            sources = {name: fs / f"{name}.raw" for name in small}
+            jobs = [job("vm-big", big_source), *(job(name, sources[name]) for name in small)]
+            with host(workdir, fs, args.worker_limit, jobs) as bench_host:
                 data = write_image(big_source, size)
-                bench_host.wait_backup(bench_host.start_backup(job("vm-big", big_source)).name)
+                bench_host.wait_backup(bench_host.start_backup("vm-big").name)
                 big_source.unlink()  # the revision is the image now; keep the RAM
-                small = [f"vm-small{i}" for i in range(args.parallel)]
-                sources = {name: fs / f"{name}.raw" for name in small}
                 for name in small:
                     write_image(sources[name], small_size)
-                    bench_host.wait_backup(bench_host.start_backup(job(name, sources[name])).name)
+                    bench_host.wait_backup(bench_host.start_backup(name).name)
                 throughput_figures(bench_host, fs, "vm-big", data, small, args.rounds, rows)
                 latency_figures(
                     bench_host,
                     fs,
                     "vm-big",
                     small,
-                    sources,
                     args.worker_limit,
                     args.latency_samples,
                     rows,

@@ -165,7 +165,7 @@ class StandInBackupd(backup_pb2_grpc.BackupServiceServicer):
 
     async def StartBackup(self, request: Any, context: Any) -> Any:
         try:
-            operation, started = self.host.start(request.job.name, list(request.tags))
+            operation, started = self.host.start(request.job, list(request.tags))
         except LookupError as error:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
         return backup_pb2.StartBackupResponse(operation=operation, started=started)

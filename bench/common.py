@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lifeboat import client, convert
-from lifeboat.model import Job, Schedule, Source, TagSpec
+from lifeboat import client
+from lifeboat.model import FileSource, Job, Schedule, Source, TagSpec
 from lifeboat.v1 import backup_pb2, backup_pb2_grpc, resources_pb2
 from tests.support.processes import Daemon, fleet, free_port
 
@@ -108,7 +109,7 @@ class Backupd:
         started = time.monotonic()
         with client.channel(address, None) as channel:
             stub = backup_pb2_grpc.BackupServiceStub(channel)
-            request = backup_pb2.StartBackupRequest(job=convert.job_to_pb(job), tags=["daily"])
+            request = backup_pb2.StartBackupRequest(job=job.name, tags=["daily"])
             reply = stub.StartBackup(request, timeout=30)
         operation = client.watch(address, None, reply.operation.name, show=False)
         elapsed = time.monotonic() - started
@@ -124,9 +125,31 @@ class Backupd:
         return reply.revision
 
 
+def jobs_config(jobs: Sequence[Job]) -> str:
+    """The `jobs:` section of a config file (JSON is YAML): backupd backs up only these."""
+    section: dict[str, object] = {}
+    for each in jobs:
+        source = each.source
+        if isinstance(source, FileSource):
+            described = {"type": "file", "path": source.path}
+        else:
+            described = {"type": "ceph-rbd", "pool": source.pool, "image": source.image}
+            described |= {"conf": source.conf, "id": source.id}
+        section[each.name] = {
+            "host": each.host,
+            "schedule": each.schedule.name,
+            "source": described,
+        }
+    return f"jobs: {json.dumps(section)}\n"
+
+
 @contextmanager
 def backupd(
-    workdir: Path, base_dir: Path, worker_limit: int = 2, verify_fraction: float = 0.05
+    workdir: Path,
+    base_dir: Path,
+    jobs: Sequence[Job],
+    worker_limit: int = 2,
+    verify_fraction: float = 0.05,
 ) -> Iterator[Backupd]:
     port = free_port()
     config = workdir / "bench.yaml"
@@ -134,7 +157,7 @@ def backupd(
         f"global: {{base-dir: {base_dir}, worker-limit: {worker_limit}, "
         f"verify-fraction: {verify_fraction}}}\n"
         f"hosts: {{bench: {{backupd: 127.0.0.1:{port}, restored: 127.0.0.1:{free_port()}}}}}\n"
-        "schedules: {bench: {daily: {interval: 1d, keep: 7}}}\n"
+        "schedules: {bench: {daily: {interval: 1d, keep: 7}}}\n" + jobs_config(jobs)
     )
     with fleet(workdir) as running:
         yield Backupd(running.start("backupd.cli", f"127.0.0.1:{port}", "--config", str(config)))

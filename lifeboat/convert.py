@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from lifeboat.errors import InvalidArgument
-from lifeboat.model import CephRbdSource, FileSource, FreezeHook, Job, Schedule, Source, TagSpec
+from lifeboat.model import FileSource, Job, Source
 from lifeboat.operations import OperationKind, OperationRecord, OperationState
 from lifeboat.v1 import resources_pb2 as pb
 
@@ -76,20 +75,6 @@ def source_to_pb(source: Source) -> pb.Source:
     )
 
 
-def source_from_pb(message: pb.Source, field: str) -> Source:
-    kind = message.WhichOneof("kind")
-    if kind == "file":
-        if not message.file.path.startswith("/"):
-            raise InvalidArgument(f"{field}.file.path", "must be an absolute path")
-        return FileSource(message.file.path)
-    if kind == "ceph_rbd":
-        rbd = message.ceph_rbd
-        if not rbd.pool or not rbd.image:
-            raise InvalidArgument(f"{field}.ceph_rbd", "pool and image are required")
-        return CephRbdSource(rbd.pool, rbd.image, rbd.conf, rbd.id)
-    raise InvalidArgument(field, "a source (file or ceph_rbd) is required")
-
-
 def job_to_pb(job: Job) -> pb.Job:
     message = pb.Job(
         name=job.name,
@@ -115,32 +100,6 @@ def job_to_pb(job: Job) -> pb.Job:
     if job.restore_within is not None:
         message.restore_within.FromTimedelta(job.restore_within)
     return message
-
-
-def job_from_pb(message: pb.Job, field: str = "job") -> Job:
-    if not message.name:
-        raise InvalidArgument(f"{field}.name", "required")
-    tags = []
-    for index, tag in enumerate(message.schedule.tags):
-        interval = from_duration(tag.interval)
-        if not tag.name or interval is None or tag.keep < 1:
-            raise InvalidArgument(
-                f"{field}.schedule.tags[{index}]", "needs a name, a positive interval and keep >= 1"
-            )
-        tags.append(TagSpec(tag.name, interval, tag.keep))
-    freeze = None
-    if message.freeze.command:
-        timeout = from_duration(message.freeze.timeout) or FreezeHook("").timeout
-        freeze = FreezeHook(message.freeze.command, timeout, message.freeze.thaw_command)
-    return Job(
-        name=message.name,
-        host=message.host,
-        schedule=Schedule(message.schedule.name, tuple(tags)),
-        source=source_from_pb(message.source, f"{field}.source"),
-        freeze=freeze,
-        restore_within=from_duration(message.restore_within),
-        sla_factor=message.sla_factor or 1.5,
-    )
 
 
 def operation_to_pb(record: OperationRecord) -> pb.Operation:

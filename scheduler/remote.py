@@ -107,7 +107,7 @@ class GrpcHostClient:
         reply = await self._call(
             self._backupd_peer,
             self._backups.StartBackup,
-            backup_pb2.StartBackupRequest(job=convert.job_to_pb(job), tags=list(tags)),
+            backup_pb2.StartBackupRequest(job=job.name, tags=list(tags)),
             self.settings.call_timeout,
         )
         return operation_from_pb(reply.operation), reply.started

@@ -254,18 +254,7 @@ def test_kill_9_mid_backup_leaves_no_partial_revision(tmp_path: Path) -> None:
         f"jobs: {{vm-a: {{schedule: default, source: {{type: file, path: {source}}}}}}}\n"
     )
     job_dir = Repository(tmp_path / "repo").job("vm-a")
-    request = {
-        "job": {
-            "name": "vm-a",
-            "host": "backup01",
-            "schedule": {
-                "name": "default",
-                "tags": [{"name": "hourly", "interval": "3600s", "keep": 24}],
-            },
-            "source": {"file": {"path": str(source)}},
-        },
-        "tags": ["hourly"],
-    }
+    request = {"job": "vm-a", "tags": ["hourly"]}
     args = ("--config", str(config), "--host", "backup01")
     with fleet(tmp_path) as running:
         daemon = running.start("backupd.cli", f"127.0.0.1:{port}", *args)
@@ -324,11 +313,16 @@ def test_check_tags() -> None:
     from backupd.worker import check_tags
     from lifeboat.errors import InvalidArgument
 
-    assert check_tags(["daily", "hourly", "daily", "manual:before-upgrade"]) == [
+    daily = Schedule("default", (*HOURLY.tags, TagSpec("daily", dt.timedelta(days=1), 7)))
+    assert check_tags(["daily", "hourly", "daily", "manual:before-upgrade"], daily) == [
         "daily",
         "hourly",
         "manual:before-upgrade",
     ]
-    for bad in ([], ["../x"], ["a b"], ["manual:"]):
+    assert check_tags(["manual:x"], None) == ["manual:x"]
+    too_many = [f"manual:{i}" for i in range(33)]
+    for bad in ([], ["../x"], ["a b"], ["manual:"], ["weekly"], too_many, ["manual:" + "x" * 58]):
         with pytest.raises(InvalidArgument):
-            check_tags(bad)
+            check_tags(bad, daily)
+    with pytest.raises(InvalidArgument, match="only manual:NAME"):
+        check_tags(["hourly"], None)

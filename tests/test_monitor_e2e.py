@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from lifeboat import client, convert
+from lifeboat import client
 from lifeboat import config as config_module
 from lifeboat.v1 import backup_pb2, backup_pb2_grpc, resources_pb2
 from tests.support.images import flip_byte
@@ -131,9 +131,7 @@ class Story:
         address = self.config.hosts[JOBS[job]].backupd
         with client.channel(address, None) as channel:
             stub = backup_pb2_grpc.BackupServiceStub(channel)
-            request = backup_pb2.StartBackupRequest(
-                job=convert.job_to_pb(self.config.jobs[job]), tags=["often"]
-            )
+            request = backup_pb2.StartBackupRequest(job=job, tags=["often"])
             reply = client.call(address, stub.StartBackup, request, 10)
         done = client.watch(address, None, reply.operation.name, show=False)
         assert done.state == resources_pb2.OPERATION_STATE_SUCCEEDED, done.error

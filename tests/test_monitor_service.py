@@ -202,9 +202,7 @@ class Fleet:
     async def backup(self, job: str) -> resources_pb2.Operation:
         host = JOBS[job]
         stub = backup_pb2_grpc.BackupServiceStub(self.channel(f"{host}.backupd"))
-        request = backup_pb2.StartBackupRequest(
-            job=convert.job_to_pb(self.config.jobs[job]), tags=["hourly", "daily"]
-        )
+        request = backup_pb2.StartBackupRequest(job=job, tags=["hourly", "daily"])
         reply = await stub.StartBackup(request, timeout=10)
         done = await self._wait(host, reply.operation.name)
         assert done.state == resources_pb2.OPERATION_STATE_SUCCEEDED, done.error

@@ -14,9 +14,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from lifeboat import config as config_module
-from lifeboat import convert
-from lifeboat.model import FreezeHook
 from lifeboat.v1 import (
     backup_pb2,
     backup_pb2_grpc,
@@ -50,6 +47,8 @@ jobs:
   vm-a:
     schedule: default
     source: {{type: file, path: {tmp}/vm-a.raw}}
+    # While {tmp}/slow exists, a backup of vm-a holds its slot for a while.
+    freeze-command: test ! -e {tmp}/slow || sleep {BACKUP_HOLDS_SLOT_SECONDS}
     restore-within: 1h
   vm-b:
     schedule: default
@@ -78,7 +77,6 @@ def test_restore_never_waits_for_backups(tmp_path: Path) -> None:
     write_image(tmp_path / "vm-b.raw", 8 * MiB, [(0, MiB)])
     ports = {"backupd": free_port(), "restored": free_port()}
     config_path = write_config(tmp_path, ports["backupd"], ports["restored"])
-    config = config_module.load(str(config_path))
     with fleet(tmp_path) as running:
         backupd = running.start(
             "backupd.cli", f"127.0.0.1:{ports['backupd']}", "--config", str(config_path)
@@ -95,22 +93,16 @@ def test_restore_never_waits_for_backups(tmp_path: Path) -> None:
             restores = pb_grpc.RestoreServiceStub(restore_channel)
             restore_operations = operations_pb2_grpc.OperationServiceStub(restore_channel)
 
-            def start_backup(job: str, freeze: str | None = None) -> resources_pb2.Operation:
-                message = convert.job_to_pb(config.jobs[job])
-                if freeze:
-                    message.freeze.CopyFrom(
-                        resources_pb2.FreezeHook(
-                            command=freeze, timeout=convert.duration(FreezeHook("").timeout)
-                        )
-                    )
-                request = backup_pb2.StartBackupRequest(job=message, tags=["hourly"])
+            def start_backup(job: str) -> resources_pb2.Operation:
+                request = backup_pb2.StartBackupRequest(job=job, tags=["hourly"])
                 return backups.StartBackup(request, timeout=30).operation
 
             first = finished(backup_operations, start_backup("vm-a").name)
             assert first.state == SUCCEEDED, first.error
 
             # The only backup slot, and vm-a's job lock, are now held for a while.
-            busy = start_backup("vm-a", f"sleep {BACKUP_HOLDS_SLOT_SECONDS}")
+            (tmp_path / "slow").touch()
+            busy = start_backup("vm-a")
             host = backups.GetHostStatus(backup_pb2.GetHostStatusRequest(), timeout=10)
             assert host.running_backups == host.worker_limit == 1
             with pytest.raises(grpc.RpcError) as refused:

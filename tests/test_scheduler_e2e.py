@@ -78,6 +78,7 @@ class Setup:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.former_hosts: dict[str, str] = {}
         self.scheduler: Daemon | None = None
+        self.backupds: list[Daemon] = []
 
     def add_job(self, name: str, host: str, freeze: str = "") -> None:
         image = self.tmp_path / f"{name}.raw"
@@ -109,7 +110,22 @@ class Setup:
         for name, host in self.hosts.items():
             for module in ("backupd.cli", "restored.cli"):
                 address = host[module.split(".")[0]]
-                self.running.start(module, address, "--config", str(self.path), "--host", name)
+                daemon = self.running.start(
+                    module, address, "--config", str(self.path), "--host", name
+                )
+                if module == "backupd.cli":
+                    self.backupds.append(daemon)
+
+    def reload_backupds(self) -> None:
+        """SIGHUP every backupd and wait until each has its new jobs: a job the scheduler
+        starts must be configured on its host."""
+        marker = "jobs configured for host"
+        for daemon in self.backupds:
+            before = daemon.log().count(marker)
+            daemon.process.send_signal(signal.SIGHUP)
+            eventually(
+                lambda d=daemon, n=before: d.log().count(marker) > n, f"{daemon.name} reload"
+            )
 
     def start_scheduler(self) -> None:
         self.scheduler = self.running.start(
@@ -257,6 +273,7 @@ def test_schedule_kill_restart_and_reload(tmp_path: Path) -> None:
         setup.add_job("vm-c", "b2")
         setup.write()
         busy = setup.wait_running("vm-a", slot_a2)
+        setup.reload_backupds()
         os.kill(setup.scheduler.process.pid, signal.SIGHUP)
         reloaded = setup.wait_revisions("vm-c", 1)
         assert list(reloaded[0].tags) == ["fast", "slow"]
@@ -283,6 +300,7 @@ def test_schedule_kill_restart_and_reload(tmp_path: Path) -> None:
         assert sorted(setup.views()) == ["vm-a", "vm-c"]
         setup.jobs["vm-b"] = removed
         setup.write()
+        setup.reload_backupds()
         good = setup.admin("reload")
         assert good.returncode == 0, good.stderr
         assert good.stdout.splitlines() == ["added: vm-b", "removed: -", "changed: -"]

@@ -94,6 +94,7 @@ class Fleet:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.worker_limit = 2
         self.backupds: dict[str, tuple[GrpcDaemon, BackupWorker]] = {}
+        self.backupd_limits: dict[str, int | None] = {}
         self.others: list[GrpcDaemon] = []
         self.scheduler_daemon: GrpcDaemon | None = None
         self.scheduler: Scheduler | None = None
@@ -144,7 +145,15 @@ class Fleet:
         )
         await daemon.start()
         self.backupds[host] = (daemon, worker)
+        self.backupd_limits[host] = worker_limit
         return worker
+
+    async def reload_backupds(self) -> None:
+        """Write every backupd's config file again and reload it, as SIGHUP does: a job the
+        scheduler starts must be configured on its host."""
+        for host, (daemon, _) in self.backupds.items():
+            self.write(self.tmp_path / f"backupd-{host}.yaml", self.backupd_limits[host])
+            await daemon.reload()
 
     async def start_restored(self, host: str, registry: OperationRegistry) -> None:
         """restored's real OperationService over a registry the test fills."""
@@ -232,7 +241,7 @@ def tag_times(revisions: list[Any]) -> dict[str, dt.datetime]:
     return times
 
 
-async def backup_at(worker: BackupWorker, job: Any, tags: list[str], at: dt.datetime) -> None:
+async def backup_at(worker: BackupWorker, job: str, tags: list[str], at: dt.datetime) -> None:
     """A real revision whose timestamp is `at` (the clock is turned back while it is written)."""
     real_now = clock.now
     offset = at - real_now()
@@ -292,7 +301,7 @@ async def test_missed_slots_make_one_catch_up_backup_of_the_due_tags(fleet: Flee
     fleet.add_job(name, "b1")
     config = fleet.config()
     worker = await fleet.start_backupd("b1")
-    await backup_at(worker, config.jobs[name], ["daily", "hourly"], last)
+    await backup_at(worker, name, ["daily", "hourly"], last)
 
     await fleet.start_scheduler()
     await fleet.wait_revisions("b1", name, 2)
@@ -310,9 +319,8 @@ async def test_running_backup_is_adopted_not_doubled(fleet: Fleet) -> None:
     fleet.add_host("b1")
     name = quiet_name("vm-busy", fleet.config(), dt.timedelta(minutes=2))
     fleet.add_job(name, "b1", freeze="sleep 1.5")
-    config = fleet.config()
     worker = await fleet.start_backupd("b1")
-    record, _ = worker.start_backup(config.jobs[name], ["daily", "hourly"])
+    record, _ = worker.start_backup(name, ["daily", "hourly"])
 
     await fleet.start_scheduler()
     view = await eventually(
@@ -566,6 +574,7 @@ async def test_reload_adds_removes_and_changes_jobs_without_touching_running_bac
     del fleet.jobs[gone]
     fleet.add_job(new, "b1")
     fleet.jobs[busy]["sla-factor"] = 2.0
+    await fleet.reload_backupds()
     fleet.write()
     reply = await stub.ReloadConfig(pb.ReloadConfigRequest())
     assert list(reply.jobs_added) == [new]
@@ -611,6 +620,7 @@ async def test_sighup_reload_moves_a_job_to_another_host(fleet: Fleet) -> None:
     await fleet.wait_idle(name)
 
     fleet.jobs[name]["host"] = "b2"
+    await fleet.reload_backupds()
     fleet.write()
     assert fleet.scheduler_daemon is not None
     await fleet.scheduler_daemon.reload()  # what SIGHUP runs
@@ -695,6 +705,7 @@ async def test_reload_adds_and_removes_hosts(fleet: Fleet) -> None:
     fleet.hosts["b3"]["backupd"] = fleet.backupds["b3"][0].listen
     del fleet.hosts["b2"], fleet.jobs["vm-2"]
     fleet.add_job("vm-3", "b3")
+    await fleet.reload_backupds()
     fleet.write()
     reply = await stub.ReloadConfig(pb.ReloadConfigRequest())
     assert (list(reply.jobs_added), list(reply.jobs_removed)) == (["vm-3"], ["vm-2"])

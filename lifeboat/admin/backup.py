@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from lifeboat import client, convert
+from lifeboat import client
 from lifeboat.admin.table import table
 from lifeboat.config import Config
 from lifeboat.errors import NotFound
@@ -61,7 +61,7 @@ def run_backup(args: argparse.Namespace, config: Config) -> int:
     address = backupd_address(config, job)
     with client.channel(address, args.identity) as channel:
         stub = backup_pb2_grpc.BackupServiceStub(channel)
-        request = backup_pb2.StartBackupRequest(job=convert.job_to_pb(job), tags=args.tag)
+        request = backup_pb2.StartBackupRequest(job=job.name, tags=args.tag)
         reply: Any = client.call(address, stub.StartBackup, request, args.timeout)
     operation = reply.operation
     if not reply.started:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 from backupd.backup import BackupSettings
@@ -13,7 +14,8 @@ from lifeboat.operations import OperationRecord, OperationRegistry
 
 
 class Harness:
-    """The real worker on a repository, driven from one event loop."""
+    """The real worker on a repository, driven from one event loop. A job it backs up is
+    configured for the worker first, as a config reload would."""
 
     def __init__(
         self, base_dir: Path, worker_limit: int = 2, verify_fraction: float = 0.05
@@ -33,8 +35,13 @@ class Harness:
             self._worker = BackupWorker(settings, self.registry)
         return self._worker
 
+    def configure(self, job: Job) -> None:
+        settings = self.worker.settings
+        self.worker.reconfigure(replace(settings, jobs={**settings.jobs, job.name: job}))
+
     def start(self, job: Job, tags: tuple[str, ...] = ("hourly",)) -> OperationRecord:
-        record, started = self.worker.start_backup(job, list(tags))
+        self.configure(job)
+        record, started = self.worker.start_backup(job.name, list(tags))
         assert started
         return record
 
