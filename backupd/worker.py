@@ -39,7 +39,13 @@ from lifeboat.errors import (
 from lifeboat.manifest import Manifest
 from lifeboat.model import Job, Schedule
 from lifeboat.operations import OperationKind, OperationRecord, OperationRegistry, OperationState
-from lifeboat.repository import JobDirectory, Repository, RevisionMeta, validate_job_name
+from lifeboat.repository import (
+    JobDirectory,
+    Repository,
+    RevisionMeta,
+    validate_job_name,
+    validate_revision_id,
+)
 
 log = logging.getLogger("lifeboat.backupd")
 
@@ -389,6 +395,7 @@ class BackupWorker:
     def delete_revision(self, job: str, revision_id: str, confirm: str) -> None:
         if confirm != revision_id:
             raise InvalidArgument("confirm_revision_id", "must repeat revision_id exactly")
+        validate_revision_id(revision_id)  # an id, never "last": that changes under a backup
         job_dir = self._existing_job(job)
         meta = self.get_revision(job, revision_id)
         with job_dir.lock(blocking=True):

@@ -379,6 +379,12 @@ async def test_delete_revision_must_be_confirmed(served: Served) -> None:
         )
         assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "confirm_revision_id" in (refused.details() or "")
+    by_alias = await client.refused(
+        "DeleteRevision",
+        pb.DeleteRevisionRequest(job="vm-a", revision_id="last", confirm_revision_id="last"),
+    )
+    assert by_alias.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is not a revision id" in (by_alias.details() or "")
     listed = await client.backup.ListRevisions(pb.ListRevisionsRequest(job="vm-a"))
     assert [r.id for r in listed.revisions] == [done.revision_id]
 
