@@ -11,12 +11,14 @@ from lifeboat.errors import ConfigError, LifeboatError
 from lifeboat.security import command_line_identity
 
 # Modules that register subcommands: each has `register(subparsers)`; a subcommand
-# sets `func(args, config) -> int` as its default.
+# sets `func(args, config) -> int` as its default, and `needs_identity=False` when it
+# calls no server (so it runs before the TLS files of the config exist).
 AREAS = (
     "lifeboat.admin.backup",
     "lifeboat.admin.status",
     "lifeboat.admin.jobs",
     "lifeboat.admin.restore",
+    "lifeboat.admin.tls",
 )
 
 EXIT_FAILURE = 1
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     func: Callable[[argparse.Namespace, config_module.Config], int] = args.func
     try:
         config = config_module.load(args.config)
-        args.identity = command_line_identity(config, args.tls_cert, args.tls_key, args.tls_ca)
+        if getattr(args, "needs_identity", True):
+            args.identity = command_line_identity(config, args.tls_cert, args.tls_key, args.tls_ca)
         code = func(args, config)
     except ConfigError as error:
         print(f"lifeboat: invalid config: {error}", file=sys.stderr)
