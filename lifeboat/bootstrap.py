@@ -55,7 +55,7 @@ async def _abort_for(error: BaseException, context: grpc.aio.ServicerContext, me
         await context.abort(code, str(error))
     log.exception("%s crashed", method, exc_info=error)
     await context.abort(
-        grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}"
+        grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {clip(str(error))}"
     )
 
 
@@ -178,16 +178,26 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, call_guard: CallGuard) -> None:
         self.call_guard = call_guard
+        # A method's handler never changes: wrap it once, not on every call.
+        self._guarded: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
         method = handler_call_details.method
+        guarded = self._guarded.get(method)
+        if guarded is not None:
+            return guarded
+        handler = await continuation(handler_call_details)
         if handler is None or access.service_of(method) in access.OPEN_SERVICES:
             return handler
+        guarded = self._guard(handler, method)
+        self._guarded[method] = guarded
+        return guarded
+
+    def _guard(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self.call_guard.unary(handler.unary_unary, method),
