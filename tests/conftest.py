@@ -1,1 +1,5 @@
-pytest_plugins = ["tests.support.ceph_fixture", "tests.support.loopfs"]
+pytest_plugins = [
+    "tests.support.ceph_fixture",
+    "tests.support.loopfs",
+    "tests.support.transport",
+]

@@ -1,4 +1,5 @@
-"""`lifeboat backup`, `lifeboat revisions` and `lifeboat verify` against a real backupd."""
+"""`lifeboat backup`, `lifeboat revisions` and `lifeboat verify` against a real backupd,
+in plaintext and over mTLS."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.processes import REPO, fleet, free_port
+from tests.support.transport import Transport
 
 pytestmark = pytest.mark.e2e
 
@@ -24,19 +26,26 @@ def lifeboat(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_backup_revisions_verify(tmp_path: Path) -> None:
+def test_backup_revisions_verify(tmp_path: Path, transport: Transport) -> None:
     source = tmp_path / "vm.raw"
     source.write_bytes(os.urandom(2 << 20))
     port = free_port()
-    config = tmp_path / "lifeboat.yaml"
-    config.write_text(
+    config = transport.write(
+        tmp_path / "lifeboat.yaml",
         f"global: {{base-dir: {tmp_path}/repo}}\n"
         f"hosts: {{backup01: {{backupd: 127.0.0.1:{port}, restored: 127.0.0.1:{free_port()}}}}}\n"
         "schedules: {default: {daily: {interval: 1d, keep: 7}}}\n"
-        f"jobs: {{vm-a: {{schedule: default, source: {{type: file, path: {source}}}}}}}\n"
+        f"jobs: {{vm-a: {{schedule: default, source: {{type: file, path: {source}}}}}}}\n",
     )
     with fleet(tmp_path) as running:
-        running.start("backupd.cli", f"127.0.0.1:{port}", "--config", str(config))
+        backupd = running.start(
+            "backupd.cli",
+            f"127.0.0.1:{port}",
+            "--config",
+            str(config),
+            identity=transport.identity(),
+        )
+        transport.assert_served(backupd.address)
         backup = lifeboat(config, "backup", "vm-a", "--tag", "daily", "--wait")
         assert backup.returncode == 0, backup.stderr
         assert "succeeded revision" in backup.stdout

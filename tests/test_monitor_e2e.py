@@ -6,7 +6,9 @@ scheduler runs: the check says so, and still judges every job from its host).
 The story: before the first backup the grace period is over and the check is
 CRITICAL naming the jobs; a reload gives them a longer window; after backups it is
 OK; a stopped backupd makes its host's jobs UNKNOWN within two poll intervals; a
-corrupted revision found by VerifyRevision makes its job WARNING.
+corrupted revision found by VerifyRevision makes its job WARNING. In plaintext and over
+mTLS (check_lifeboat and lifeboat present the config's client.tls; check_http asks the
+plaintext HTTP /check either way).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from lifeboat.v1 import backup_pb2, backup_pb2_grpc, resources_pb2
 from tests.support.images import flip_byte
 from tests.support.needs import need
 from tests.support.processes import BIN, Daemon, Fleet, fleet, free_port
+from tests.support.transport import Transport
 
 pytestmark = pytest.mark.e2e
 
@@ -60,9 +63,10 @@ def config_text(tmp_path: Path, ports: dict[str, int], sla_factor: int) -> str:
 
 
 class Story:
-    def __init__(self, tmp_path: Path, running: Fleet) -> None:
+    def __init__(self, tmp_path: Path, running: Fleet, transport: Transport) -> None:
         self.tmp_path = tmp_path
         self.running = running
+        self.transport = transport
         names = [f"{h}.{d}" for h in HOSTS for d in ("backupd", "restored")]
         self.ports = {n: free_port() for n in [*names, "scheduler", "monitor", "http"]}
         self.config_path = tmp_path / "lifeboat.yaml"
@@ -72,7 +76,7 @@ class Story:
             (tmp_path / f"{job}.raw").write_bytes(random.randbytes(1 << 20))
 
     def write_config(self, sla_factor: int) -> None:
-        self.config_path.write_text(config_text(self.tmp_path, self.ports, sla_factor))
+        self.transport.write(self.config_path, config_text(self.tmp_path, self.ports, sla_factor))
         self.config = config_module.load(str(self.config_path))
 
     def address(self, name: str) -> str:
@@ -83,8 +87,12 @@ class Story:
         module = f"{daemon or host}.cli"
         args = ["--host", host] if daemon else []
         self.daemons[name] = self.running.start(
-            module, self.address(name), "--config", str(self.config_path), *args
+            module,
+            self.address(name),
+            *("--config", str(self.config_path), *args),
+            identity=self.transport.identity(),
         )
+        self.transport.assert_served(self.address(name))
 
     def check(self, *args: str) -> tuple[int, str]:
         result = subprocess.run(
@@ -129,21 +137,23 @@ class Story:
 
     def backup(self, job: str) -> resources_pb2.Operation:
         address = self.config.hosts[JOBS[job]].backupd
-        with client.channel(address, None) as channel:
+        identity = self.transport.identity()
+        with client.channel(address, identity) as channel:
             stub = backup_pb2_grpc.BackupServiceStub(channel)
             request = backup_pb2.StartBackupRequest(job=job, tags=["often"])
             reply = client.call(address, stub.StartBackup, request, 10)
-        done = client.watch(address, None, reply.operation.name, show=False)
+        done = client.watch(address, identity, reply.operation.name, show=False)
         assert done.state == resources_pb2.OPERATION_STATE_SUCCEEDED, done.error
         return done
 
     def verify(self, job: str) -> resources_pb2.Operation:
         address = self.config.hosts[JOBS[job]].backupd
-        with client.channel(address, None) as channel:
+        identity = self.transport.identity()
+        with client.channel(address, identity) as channel:
             stub = backup_pb2_grpc.BackupServiceStub(channel)
             request = backup_pb2.VerifyRevisionRequest(job=job)
             reply = client.call(address, stub.VerifyRevision, request, 10)
-        return client.watch(address, None, reply.operation.name, show=False)
+        return client.watch(address, identity, reply.operation.name, show=False)
 
     def reload_monitor(self) -> None:
         monitor = self.daemons["monitor"]
@@ -156,10 +166,10 @@ class Story:
 
 
 @pytest.fixture
-def story(tmp_path: Path) -> Iterator[Story]:
+def story(tmp_path: Path, transport: Transport) -> Iterator[Story]:
     need(CHECK_HTTP.exists(), "needs check_http (apt-get install monitoring-plugins-basic)")
     with fleet(tmp_path) as running:
-        yield Story(tmp_path, running)
+        yield Story(tmp_path, running, transport)
 
 
 def perfdata(line: str) -> dict[str, str]:

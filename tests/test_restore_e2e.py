@@ -1,7 +1,7 @@
 """End to end: the real backupd and restored processes. While every backup slot of the host
 is busy (and the restored job's own lock is held by its running backup), a restore
 through RestoreService starts at once, and so does one through the `lifeboat` admin
-client."""
+client. In plaintext and over mTLS."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from lifeboat import client
 from lifeboat.v1 import (
     backup_pb2,
     backup_pb2_grpc,
@@ -24,6 +25,7 @@ from lifeboat.v1 import (
 from lifeboat.v1 import restore_pb2 as pb
 from lifeboat.v1 import restore_pb2_grpc as pb_grpc
 from tests.support.processes import REPO, fleet, free_port
+from tests.support.transport import Transport
 from tests.test_restore_domain import MiB, write_image
 
 pytestmark = pytest.mark.e2e
@@ -33,9 +35,9 @@ SUCCEEDED = resources_pb2.OPERATION_STATE_SUCCEEDED
 BACKUP_HOLDS_SLOT_SECONDS = 6
 
 
-def write_config(tmp: Path, backupd: int, restored: int) -> Path:
-    path = tmp / "lifeboat.yaml"
-    path.write_text(
+def write_config(tmp: Path, backupd: int, restored: int, transport: Transport) -> Path:
+    return transport.write(
+        tmp / "lifeboat.yaml",
         f"""
 global: {{base-dir: {tmp}/repo, worker-limit: 1, restore-targets: [{tmp}/restore]}}
 hosts:
@@ -53,9 +55,8 @@ jobs:
   vm-b:
     schedule: default
     source: {{type: file, path: {tmp}/vm-b.raw}}
-"""
+""",
     )
-    return path
 
 
 def finished(stub: operations_pb2_grpc.OperationServiceStub, name: str) -> resources_pb2.Operation:
@@ -71,22 +72,31 @@ def finished(stub: operations_pb2_grpc.OperationServiceStub, name: str) -> resou
         time.sleep(0.05)
 
 
-def test_restore_never_waits_for_backups(tmp_path: Path) -> None:
+def test_restore_never_waits_for_backups(tmp_path: Path, transport: Transport) -> None:
     (tmp_path / "restore").mkdir()
     content = write_image(tmp_path / "vm-a.raw", 64 * MiB, [(0, 40 * MiB), (60 * MiB, MiB)])
     write_image(tmp_path / "vm-b.raw", 8 * MiB, [(0, MiB)])
     ports = {"backupd": free_port(), "restored": free_port()}
-    config_path = write_config(tmp_path, ports["backupd"], ports["restored"])
+    config_path = write_config(tmp_path, ports["backupd"], ports["restored"], transport)
+    identity = transport.identity()
     with fleet(tmp_path) as running:
         backupd = running.start(
-            "backupd.cli", f"127.0.0.1:{ports['backupd']}", "--config", str(config_path)
+            "backupd.cli",
+            f"127.0.0.1:{ports['backupd']}",
+            *("--config", str(config_path)),
+            identity=identity,
         )
         restored = running.start(
-            "restored.cli", f"127.0.0.1:{ports['restored']}", "--config", str(config_path)
+            "restored.cli",
+            f"127.0.0.1:{ports['restored']}",
+            *("--config", str(config_path)),
+            identity=identity,
         )
+        transport.assert_served(backupd.address)
+        transport.assert_served(restored.address)
         with (
-            grpc.insecure_channel(backupd.address) as backup_channel,
-            grpc.insecure_channel(restored.address) as restore_channel,
+            client.channel(backupd.address, identity) as backup_channel,
+            client.channel(restored.address, identity) as restore_channel,
         ):
             backups = backup_pb2_grpc.BackupServiceStub(backup_channel)
             backup_operations = operations_pb2_grpc.OperationServiceStub(backup_channel)

@@ -1,7 +1,8 @@
 """End to end: real lifeboat-backupd, lifeboat-restored and lifeboat-scheduler processes on
 two hosts, file sources, a 20 s schedule. Revisions carry the right tags on the right host;
 kill -9 and a restart change no next time and neither double nor miss a backup; reload by
-SIGHUP and by RPC adds and removes jobs without touching a running backup."""
+SIGHUP and by RPC adds and removes jobs without touching a running backup. In plaintext
+and over mTLS."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from typing import Any, TypeVar
 
 import grpc
 import pytest
-import yaml
 
+from lifeboat import client
 from lifeboat import config as config_module
 from lifeboat.schedule import next_run, next_slot, previous_slot
 from lifeboat.v1 import (
@@ -32,6 +33,7 @@ from lifeboat.v1 import (
 from lifeboat.v1 import scheduler_pb2 as pb
 from lifeboat.v1 import scheduler_pb2_grpc as pb_grpc
 from tests.support.processes import Daemon, Fleet, fleet, free_port, grpcurl
+from tests.support.transport import Transport
 
 pytestmark = pytest.mark.e2e
 
@@ -62,9 +64,10 @@ def utc(stamp: Any) -> dt.datetime:
 
 
 class Setup:
-    def __init__(self, tmp_path: Path, running: Fleet) -> None:
+    def __init__(self, tmp_path: Path, running: Fleet, transport: Transport) -> None:
         self.tmp_path = tmp_path
         self.running = running
+        self.transport = transport
         self.path = tmp_path / "lifeboat.yaml"
         self.scheduler_address = f"127.0.0.1:{free_port()}"
         self.hosts = {
@@ -91,16 +94,15 @@ class Setup:
         }
 
     def write(self) -> None:
-        self.path.write_text(
-            yaml.safe_dump(
-                {
-                    "global": {"base-dir": str(self.tmp_path / "repo"), "worker-limit": 2},
-                    "scheduler": {"listen": self.scheduler_address},
-                    "hosts": self.hosts,
-                    "schedules": SCHEDULES,
-                    "jobs": self.jobs,
-                }
-            )
+        self.transport.write(
+            self.path,
+            {
+                "global": {"base-dir": str(self.tmp_path / "repo"), "worker-limit": 2},
+                "scheduler": {"listen": self.scheduler_address},
+                "hosts": self.hosts,
+                "schedules": SCHEDULES,
+                "jobs": self.jobs,
+            },
         )
 
     def config(self) -> config_module.Config:
@@ -110,9 +112,7 @@ class Setup:
         for name, host in self.hosts.items():
             for module in ("backupd.cli", "restored.cli"):
                 address = host[module.split(".")[0]]
-                daemon = self.running.start(
-                    module, address, "--config", str(self.path), "--host", name
-                )
+                daemon = self.start(module, address, "--host", name)
                 if module == "backupd.cli":
                     self.backupds.append(daemon)
 
@@ -127,19 +127,24 @@ class Setup:
                 lambda d=daemon, n=before: d.log().count(marker) > n, f"{daemon.name} reload"
             )
 
-    def start_scheduler(self) -> None:
-        self.scheduler = self.running.start(
-            "scheduler.cli", self.scheduler_address, "--config", str(self.path)
+    def start(self, module: str, address: str, *args: str) -> Daemon:
+        daemon = self.running.start(
+            module, address, "--config", str(self.path), *args, identity=self.transport.identity()
         )
+        self.transport.assert_served(address)
+        return daemon
+
+    def start_scheduler(self) -> None:
+        self.scheduler = self.start("scheduler.cli", self.scheduler_address)
 
     def views(self) -> dict[str, pb.JobView]:
-        with grpc.insecure_channel(self.scheduler_address) as channel:
+        with client.channel(self.scheduler_address, self.transport.identity()) as channel:
             reply = pb_grpc.SchedulerServiceStub(channel).ListJobs(pb.ListJobsRequest(), timeout=10)
         return {view.job.name: view for view in reply.jobs}
 
     def revisions(self, job: str) -> list[resources_pb2.Revision]:
         host = self.hosts[self.host_of(job)]
-        with grpc.insecure_channel(host["backupd"]) as channel:
+        with client.channel(host["backupd"], self.transport.identity()) as channel:
             try:
                 reply = backup_pb2_grpc.BackupServiceStub(channel).ListRevisions(
                     backup_pb2.ListRevisionsRequest(job=job), timeout=10
@@ -152,7 +157,7 @@ class Setup:
 
     def backups(self, job: str, running_only: bool = False) -> list[resources_pb2.Operation]:
         host = self.hosts[self.host_of(job)]
-        with grpc.insecure_channel(host["backupd"]) as channel:
+        with client.channel(host["backupd"], self.transport.identity()) as channel:
             reply = operations_pb2_grpc.OperationServiceStub(channel).ListOperations(
                 operations_pb2.ListOperationsRequest(
                     job=job, running_only=running_only, kind=resources_pb2.OPERATION_KIND_BACKUP
@@ -212,9 +217,9 @@ def assert_one_revision_per_slot(
     assert slot + SLACK > (until or dt.datetime.now(dt.UTC)), f"{job}: slot {slot} has no revision"
 
 
-def test_schedule_kill_restart_and_reload(tmp_path: Path) -> None:
+def test_schedule_kill_restart_and_reload(tmp_path: Path, transport: Transport) -> None:
     with fleet(tmp_path) as running:
-        setup = Setup(tmp_path, running)
+        setup = Setup(tmp_path, running, transport)
         setup.add_job("vm-a", "b1", freeze=f"sleep {HOOK_SECONDS}")
         setup.add_job("vm-b", "b2")
         setup.write()
@@ -293,7 +298,9 @@ def test_schedule_kill_restart_and_reload(tmp_path: Path) -> None:
         setup.jobs["vm-b"] = {**removed, "schedule": "hourly"}
         setup.write()
         bad = grpcurl(
-            "-plaintext", setup.scheduler_address, "lifeboat.v1.SchedulerService/ReloadConfig"
+            *transport.grpcurl_flags(),
+            setup.scheduler_address,
+            "lifeboat.v1.SchedulerService/ReloadConfig",
         )
         assert bad.returncode != 0 and "InvalidArgument" in bad.stderr, bad.stderr
         assert "jobs.vm-b.schedule: no schedule named 'hourly'" in bad.stderr, bad.stderr

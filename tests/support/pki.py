@@ -32,6 +32,8 @@ class Pki:
     files: dict[str, TlsFiles]
     # The admin's name, signed by another CA.
     foreign: TlsFiles
+    # The fleet's hosts, each with a certificate of its own name.
+    hosts: tuple[str, ...] = (HOST,)
 
     def identity(self, name: str) -> ClientIdentity:
         files = self.files[name]
@@ -43,7 +45,8 @@ class Pki:
         )
 
     def config(self) -> dict[str, Any]:
-        """The TLS keys of a one-host fleet config, to merge into its sections."""
+        """The TLS keys of the fleet's config (one host unless made with more), to merge
+        into its sections."""
 
         def tls(name: str) -> dict[str, str]:
             return {"cert": str(self.files[name].cert), "key": str(self.files[name].key)}
@@ -52,23 +55,23 @@ class Pki:
             "global": {"tls": {"ca": str(self.ca)}, "access": ACCESS},
             "scheduler": {"tls": tls(SCHEDULER)},
             "monitor": {"tls": tls(MONITOR)},
-            "hosts": {HOST: {"tls": tls(HOST)}},
+            "hosts": {host: {"tls": tls(host)} for host in self.hosts},
             "client": {"tls": tls(ADMIN)},
         }
 
 
-def make_pki(directory: Path) -> Pki:
+def make_pki(directory: Path, hosts: tuple[str, ...] = (HOST,)) -> Pki:
     ca = certs.new_ca("lifeboat-test-ca")
     ca_path = certs.write(ca, directory, "ca").cert
     files = {
         name: certs.write(certs.issue(ca, name, ip_addresses=["127.0.0.1"]), directory, name)
-        for name in (HOST, SCHEDULER, MONITOR, OPERATOR, ADMIN, NOBODY)
+        for name in (*hosts, SCHEDULER, MONITOR, OPERATOR, ADMIN, NOBODY)
     }
     intruder = certs.new_ca("intruder-ca")
     foreign = certs.write(
         certs.issue(intruder, ADMIN, ip_addresses=["127.0.0.1"]), directory, "foreign"
     )
-    return Pki(ca_path, files, foreign)
+    return Pki(ca_path, files, foreign, hosts)
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
