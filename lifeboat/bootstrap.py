@@ -22,9 +22,10 @@ from grpc_reflection.v1alpha import reflection
 
 from lifeboat import access, errors
 from lifeboat.access import Access
+from lifeboat.bounds import clip
 from lifeboat.config import Config, ServerSecurity
 from lifeboat.grpc_errors import status_for
-from lifeboat.repository import Repository
+from lifeboat.repository import JOB_NAME, Repository
 from lifeboat.request_bounds import check_request
 from lifeboat.security import Guard
 
@@ -121,13 +122,16 @@ class CallGuard:
         if method not in access.AUDITED:
             return
         job = _job_of(request, response)
+        # Anything but a job name is shown as a clipped repr: no forged lines, no 4 KB ones.
+        valid = bool(JOB_NAME.fullmatch(job))
+        shown = job if valid else clip(job) if job else "-"
         role = caller.role.label if caller.role is not None else "none"
         line = (
             f"audit caller={caller.name} role={role} rpc={access.short_method(method)} "
-            f"job={job or '-'} result={result}"
+            f"job={shown} result={result}"
         )
         audit_log.info("%s", line)
-        if job and self.job_log is not None:
+        if valid and self.job_log is not None:
             try:
                 await self.job_log(job, line)
             except (OSError, errors.LifeboatError) as error:

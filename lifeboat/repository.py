@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from lifeboat import clock
+from lifeboat.bounds import clip
 from lifeboat.clone import clone_file
 from lifeboat.errors import (
     AlreadyExists,
@@ -59,7 +60,7 @@ def validate_job_name(name: str) -> str:
     if not isinstance(name, str) or not JOB_NAME.fullmatch(name):
         raise InvalidArgument(
             "job",
-            f"{name!r} is not a job name (1-64 letters, digits, '.', '_', '-'; "
+            f"{clip(name)} is not a job name (1-64 letters, digits, '.', '_', '-'; "
             "not starting with '.' or '-')",
         )
     return name
@@ -68,7 +69,7 @@ def validate_job_name(name: str) -> str:
 def validate_revision_id(revision_id: str) -> str:
     if not isinstance(revision_id, str) or not REVISION_ID.fullmatch(revision_id):
         raise InvalidArgument(
-            "revision", f"{revision_id!r} is not a revision id (YYYYMMDDTHHMMSSZ-xxxx)"
+            "revision", f"{clip(revision_id)} is not a revision id (YYYYMMDDTHHMMSSZ-xxxx)"
         )
     return revision_id
 

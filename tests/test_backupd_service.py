@@ -233,3 +233,54 @@ async def test_unknown_operation_is_not_found(served: tuple[Client, GrpcDaemon])
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await client.operations.GetOperation(operations_pb2.GetOperationRequest(name="nope"))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+LONG = "x" * 4000
+
+
+@pytest.mark.parametrize(
+    ("method", "request_message", "field"),
+    [
+        pytest.param("ListRevisions", pb.ListRevisionsRequest(job=LONG), "job", id="list"),
+        pytest.param(
+            "GetRevision", pb.GetRevisionRequest(job=LONG, revision_id="last"), "job", id="get"
+        ),
+        pytest.param("GetJobStatus", pb.GetJobStatusRequest(job=LONG), "job", id="status"),
+        pytest.param("VerifyRevision", pb.VerifyRevisionRequest(job=LONG), "job", id="verify"),
+        pytest.param(
+            "UpdateRevisionTags",
+            pb.UpdateRevisionTagsRequest(job=LONG, revision_id="last", remove_tags=["hourly"]),
+            "job",
+            id="update-tags",
+        ),
+    ],
+)
+async def test_a_long_name_is_refused_in_a_short_message(
+    served: tuple[Client, GrpcDaemon], method: str, request_message: object, field: str
+) -> None:
+    client, _ = served
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await getattr(client.backup, method)(request_message)
+    details = caught.value.details() or ""
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert details.startswith(f"{field}: ") and len(details) < 300, details
+
+
+async def test_a_long_revision_id_or_operation_name_is_not_repeated(
+    served: tuple[Client, GrpcDaemon], tmp_path: Path
+) -> None:
+    client, _ = served
+    source = make_source(tmp_path)
+    started = await client.backup.StartBackup(
+        pb.StartBackupRequest(job=job_message("vm-web01", source), tags=["hourly"])
+    )
+    await client.wait(started.operation.name)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.backup.GetRevision(pb.GetRevisionRequest(job="vm-web01", revision_id=LONG))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = caught.value.details() or ""
+    assert details.startswith("revision: ") and len(details) < 300, details
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.operations.GetOperation(operations_pb2.GetOperationRequest(name=LONG))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert len(caught.value.details() or "") < 300

@@ -313,6 +313,8 @@ async def test_report_fields(fleet: Fleet) -> None:
     [
         pytest.param({"job": "vm-nope"}, "vm-nope", id="job"),
         pytest.param({"host": "b9"}, "b9", id="host"),
+        pytest.param({"job": "j" * 4000}, "jjj", id="long-job"),
+        pytest.param({"host": "h" * 4000}, "hhh", id="long-host"),
     ],
 )
 async def test_unknown_filter_is_not_found(
@@ -322,6 +324,7 @@ async def test_unknown_filter_is_not_found(
         await fleet.check(**filters)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert field in (caught.value.details() or "")
+    assert len(caught.value.details() or "") < 300
 
 
 async def test_scheduler_down_is_reported_but_not_judged(fleet: Fleet) -> None:

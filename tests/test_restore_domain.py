@@ -111,7 +111,7 @@ def test_allowed_targets_resolve(layout: dict[str, Path], text: str, expected: s
         pytest.param("{restore}/link.raw", PermissionDenied, "not under", id="symlink-file"),
         pytest.param("{restore-evil}/vm.raw", PermissionDenied, "not under", id="string-prefix"),
         pytest.param("{restore}/repo/vm.raw", PermissionDenied, "repository", id="in-repo"),
-        pytest.param("rbd:other/vm", PermissionDenied, "pool other", id="rbd-other-pool"),
+        pytest.param("rbd:other/vm", PermissionDenied, "pool 'other'", id="rbd-other-pool"),
         pytest.param("vm.raw", InvalidArgument, "target", id="relative"),
         pytest.param("", InvalidArgument, "target", id="empty"),
         pytest.param("rbd:restore", InvalidArgument, "rbd:POOL/IMAGE", id="rbd-no-image"),
