@@ -152,7 +152,8 @@ class FileWriter(TargetWriter):
     """A new regular file: written to a temporary name beside the target, fsynced, renamed.
 
     Without overwrite the rename is `link` + `unlink`, which refuses to replace a file
-    that appeared meanwhile.
+    that appeared meanwhile. The temporary file is the owner's only (0600) while it is
+    written; a replaced file's mode is applied at the end.
     """
 
     def __init__(
@@ -167,10 +168,10 @@ class FileWriter(TargetWriter):
         self.fd = os.open(self.temporary, flags, 0o600, dir_fd=dir_fd)
         self.size = size
         self.holes: list[tuple[int, int]] = []
+        self.mode = stat.S_IMODE(replaced.st_mode) if replaced is not None else None
         try:
             if replaced is not None:
                 os.fchown(self.fd, replaced.st_uid, replaced.st_gid)
-                os.fchmod(self.fd, stat.S_IMODE(replaced.st_mode))
         except BaseException:
             self._remove_temporary()
             raise
@@ -193,6 +194,8 @@ class FileWriter(TargetWriter):
         os.ftruncate(self.fd, self.size)
         for start, end in self.holes:
             punch_hole(self.fd, start, end - start)
+        if self.mode is not None:
+            os.fchmod(self.fd, self.mode)
         os.fsync(self.fd)
         os.close(self.fd)
         self.fd = -1
