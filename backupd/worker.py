@@ -40,6 +40,7 @@ from lifeboat.manifest import Manifest
 from lifeboat.model import Job, Schedule
 from lifeboat.operations import OperationKind, OperationRecord, OperationRegistry, OperationState
 from lifeboat.repository import (
+    DIR_MODE,
     JobDirectory,
     Repository,
     RevisionMeta,
@@ -171,10 +172,19 @@ class BackupWorker:
         log.info("%d jobs configured for host %s", len(settings.jobs), settings.host)
 
     def recover_all(self) -> None:
-        """Remove leftovers of interrupted backups in every job directory."""
-        self.settings.base_dir.mkdir(parents=True, exist_ok=True)
+        """Remove leftovers of interrupted backups in every job directory, and take group
+        and other permissions off the repository where an older version left them."""
+        self.repository.create()
+        fixed = self.repository.make_private()
+        if fixed:
+            log.warning("%s: made %d entries private to the owner", self.settings.base_dir, fixed)
         for name in self.repository.job_names():
             job_dir = self.repository.job(name)
+            fixed = job_dir.make_private()
+            if fixed:
+                log.warning(
+                    "job %s: made %d files and directories private to the owner", name, fixed
+                )
             try:
                 with job_dir.lock(blocking=False):
                     removed = job_dir.recover()
@@ -234,7 +244,8 @@ class BackupWorker:
             )
         record = self.registry.create(OperationKind.BACKUP, job.name, tags=tuple(tags))
         # Exists when the call returns, so the call's audit line lands in the job's log.
-        job_dir.path.mkdir(parents=True, exist_ok=True)
+        self.repository.create()
+        job_dir.path.mkdir(mode=DIR_MODE, exist_ok=True)
         self._submit(record, self._run_backup, record, job, job_dir, tags)
         return record, True
 
@@ -281,7 +292,7 @@ class BackupWorker:
     def _run_backup(
         self, record: OperationRecord, job: Job, job_dir: JobDirectory, tags: list[str]
     ) -> None:
-        job_dir.path.mkdir(parents=True, exist_ok=True)
+        self.repository.create()
         with job_dir.lock(blocking=False), driver_for(job.source) as driver:
             job_dir.recover()
             self.registry.start(record)

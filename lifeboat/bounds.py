@@ -33,7 +33,14 @@ def clip(value: object, limit: int = ECHO_LIMIT) -> str:
 
 def duration_problem(value: dt.timedelta) -> str | None:
     """Why a duration is out of bounds, or None."""
-    if not MIN_DURATION <= value <= MAX_DURATION:
+    return seconds_problem(value.total_seconds())
+
+
+def seconds_problem(seconds: float) -> str | None:
+    """Why a duration of `seconds` is out of bounds, or None. Check a number with this
+    before making a timedelta of it: NaN, infinity or a huge number would not make one."""
+    within = MIN_DURATION.total_seconds() <= seconds <= MAX_DURATION.total_seconds()
+    if not (math.isfinite(seconds) and within):
         return "must be between 1s and 100 years"
     return None
 

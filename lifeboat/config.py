@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -17,7 +18,9 @@ from typing import Any
 
 import yaml
 
+from lifeboat import bounds
 from lifeboat.access import Role
+from lifeboat.bounds import clip
 from lifeboat.errors import ConfigError
 from lifeboat.model import CephRbdSource, FileSource, FreezeHook, Job, Schedule, Source, TagSpec
 
@@ -41,6 +44,10 @@ MAX_CERTIFICATE_NAME = 255
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _DURATION_PART = re.compile(r"(\d+)([smhdw])")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+# A YAML error repeats a line of the document; enough of it to find the place.
+_SYNTAX_MESSAGE_LIMIT = 4 * bounds.ECHO_LIMIT
+# More digits than any duration within bounds has, in any unit.
+_MAX_DURATION_DIGITS = len(str(int(bounds.MAX_DURATION.total_seconds())))
 
 # Keys a backy 2.x config may carry that Lifeboat does not use; accepted so
 # such a file loads as it is.
@@ -126,27 +133,35 @@ class Config:
         try:
             return self.hosts[name]
         except KeyError:
-            raise ConfigError(self.path, "hosts", f"no host named {name!r}") from None
+            raise ConfigError(self.path, "hosts", f"no host named {clip(name)}") from None
 
     def jobs_on(self, host: str) -> list[Job]:
         return [job for job in self.jobs.values() if job.host == host]
 
 
 def parse_duration(text: object, path: str, key: str) -> dt.timedelta:
-    """Parse "90m", "1d", "1h30m" or a number of seconds."""
-    if isinstance(text, bool):
-        raise ConfigError(path, key, f"expected a duration like 1h or 30m, got {text!r}")
-    if isinstance(text, int | float):
-        seconds = float(text)
-    else:
-        value = str(text).strip()
-        parts = _DURATION_PART.findall(value)
-        if not value or "".join(n + u for n, u in parts) != value:
-            raise ConfigError(path, key, f"expected a duration like 1h or 30m, got {text!r}")
-        seconds = sum(int(n) * _DURATION_UNITS[u] for n, u in parts)
-    if seconds <= 0:
-        raise ConfigError(path, key, f"must be positive, got {text!r}")
+    """Parse "90m", "1d", "1h30m" or a number of seconds, within the bounds of
+    `lifeboat.bounds` (checked on the number, before a timedelta could overflow)."""
+    seconds = _duration_seconds(text, path, key)
+    problem = bounds.seconds_problem(seconds)
+    if problem is not None:
+        raise ConfigError(path, key, f"{problem}, got {clip(text)}")
     return dt.timedelta(seconds=seconds)
+
+
+def _duration_seconds(text: object, path: str, key: str) -> float:
+    if isinstance(text, bool):
+        raise ConfigError(path, key, f"expected a duration like 1h or 30m, got {clip(text)}")
+    if isinstance(text, int | float):
+        return float(text)
+    value = str(text).strip()
+    parts = _DURATION_PART.findall(value)
+    if not value or "".join(n + u for n, u in parts) != value:
+        raise ConfigError(path, key, f"expected a duration like 1h or 30m, got {clip(text)}")
+    # Digits beyond these are out of bounds anyway; int() of thousands of them would fail.
+    if any(len(n.lstrip("0")) > _MAX_DURATION_DIGITS for n, _ in parts):
+        return math.inf
+    return float(sum(int(n) * _DURATION_UNITS[u] for n, u in parts))
 
 
 def format_duration(value: dt.timedelta) -> str:
@@ -160,17 +175,49 @@ def format_duration(value: dt.timedelta) -> str:
     return text or "0s"
 
 
-def check_name(name: object, path: str, key: str) -> str:
-    """A job, host or schedule name: safe as a directory name."""
+def check_name(name: object, path: str, key: str, limit: int = MAX_NAME_LENGTH) -> str:
+    """A job, host, schedule or tag name: safe as a directory name."""
     if not isinstance(name, str) or not name:
         raise ConfigError(path, key, "name must be a non-empty string")
-    if len(name) > MAX_NAME_LENGTH:
-        raise ConfigError(path, key, f"name longer than {MAX_NAME_LENGTH} characters")
+    if len(name) > limit:
+        raise ConfigError(path, key, f"name longer than {limit} characters")
     if not _NAME_PATTERN.match(name) or name in (".", ".."):
         raise ConfigError(
             path, key, "name may hold letters, digits, '.', '_', '-' and not start with '.' or '-'"
         )
     return name
+
+
+def child_key(parent: str, name: object) -> str:
+    """The dotted key of `name` below `parent`, fit for a message: clipped, NUL shown as \\0."""
+    return f"{parent}.{_shorten(str(name))}" if parent else _shorten(str(name))
+
+
+def _shorten(text: str, limit: int = bounds.ECHO_LIMIT) -> str:
+    text = text.replace("\0", "\\0")
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def _check_strings(document: object, path: str) -> None:
+    """ConfigError naming a key whose name or string value (at any depth) holds a NUL."""
+    stack: list[tuple[str, object]] = [("", document)]
+    seen: set[int] = set()  # aliases share a node (and may make a cycle): visit it once
+    while stack:
+        key, node = stack.pop()
+        if isinstance(node, str):
+            if "\0" in node:
+                raise ConfigError(path, key or "(top level)", "must not contain NUL")
+            continue
+        if not isinstance(node, Mapping | list | set) or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, Mapping):
+            for name, value in node.items():
+                if isinstance(name, str) and "\0" in name:
+                    raise ConfigError(path, child_key(key, name), "key must not contain NUL")
+                stack.append((child_key(key, name), value))
+        else:
+            stack.extend((f"{key}[{index}]", item) for index, item in enumerate(node))
 
 
 class _Reader:
@@ -186,7 +233,7 @@ class _Reader:
         self.data: Mapping[str, Any] = data
 
     def child_key(self, name: str) -> str:
-        return f"{self.key}.{name}" if self.key else name
+        return child_key(self.key, name)
 
     def reject_unknown(self, allowed: set[str], ignored: frozenset[str] = frozenset()) -> None:
         for name in self.data:
@@ -206,14 +253,16 @@ class _Reader:
         if value is None:
             raise ConfigError(self.path, self.child_key(name), "required")
         if not isinstance(value, str) or not value:
-            raise ConfigError(self.path, self.child_key(name), f"expected a string, got {value!r}")
+            raise ConfigError(
+                self.path, self.child_key(name), f"expected a string, got {clip(value)}"
+            )
         return value
 
     def integer(self, name: str, default: int, minimum: int = 0) -> int:
         value = self.data.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(
-                self.path, self.child_key(name), f"expected an integer, got {value!r}"
+                self.path, self.child_key(name), f"expected an integer, got {clip(value)}"
             )
         if value < minimum:
             raise ConfigError(self.path, self.child_key(name), f"must be at least {minimum}")
@@ -222,7 +271,13 @@ class _Reader:
     def number(self, name: str, default: float, minimum: float) -> float:
         value = self.data.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(self.path, self.child_key(name), f"expected a number, got {value!r}")
+            raise ConfigError(
+                self.path, self.child_key(name), f"expected a number, got {clip(value)}"
+            )
+        if not math.isfinite(value):
+            raise ConfigError(
+                self.path, self.child_key(name), f"must be a finite number, got {clip(value)}"
+            )
         if value < minimum:
             raise ConfigError(self.path, self.child_key(name), f"must be at least {minimum}")
         return float(value)
@@ -231,7 +286,7 @@ class _Reader:
         value = self.data.get(name, default)
         if not isinstance(value, bool):
             raise ConfigError(
-                self.path, self.child_key(name), f"expected true or false, got {value!r}"
+                self.path, self.child_key(name), f"expected true or false, got {clip(value)}"
             )
         return value
 
@@ -250,7 +305,9 @@ class _Reader:
         value = self.string(name, default)
         host, _, port = value.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(self.path, self.child_key(name), f"expected HOST:PORT, got {value!r}")
+            raise ConfigError(
+                self.path, self.child_key(name), f"expected HOST:PORT, got {clip(value)}"
+            )
         return value
 
     def string_list(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -267,13 +324,13 @@ def _check_restore_targets(reader: _Reader, name: str, targets: tuple[str, ...])
         if target.startswith("rbd:"):
             if not target[4:] or "/" in target[4:]:
                 raise ConfigError(
-                    reader.path, reader.child_key(name), f"expected rbd:POOL, got {target!r}"
+                    reader.path, reader.child_key(name), f"expected rbd:POOL, got {clip(target)}"
                 )
         elif not os.path.isabs(target) or ".." in Path(target).parts:
             raise ConfigError(
                 reader.path,
                 reader.child_key(name),
-                f"expected an absolute path or rbd:POOL, got {target!r}",
+                f"expected an absolute path or rbd:POOL, got {clip(target)}",
             )
 
 
@@ -348,10 +405,20 @@ def _read_global(reader: _Reader) -> GlobalConfig:
         restore_limit=reader.integer("restore-limit", 32, minimum=1),
         restore_targets=targets,
         restore_within=reader.duration("restore-within"),
-        sla_factor=reader.number("sla-factor", 1.5, minimum=1.0),
+        sla_factor=_sla_factor(reader, 1.5),
         verify_fraction=_fraction(reader, "verify-fraction", 0.05),
         verify_time_limit=reader.duration("verify-time-limit") or dt.timedelta(minutes=10),
     )
+
+
+def _sla_factor(reader: _Reader, default: float) -> float:
+    value = reader.number("sla-factor", default, minimum=-math.inf)
+    problem = bounds.sla_factor_problem(value)
+    if problem is not None:
+        raise ConfigError(
+            reader.path, reader.child_key("sla-factor"), f"{problem}, got {clip(value)}"
+        )
+    return value
 
 
 def _fraction(reader: _Reader, name: str, default: float) -> float:
@@ -415,19 +482,31 @@ def _read_schedules(reader: _Reader) -> dict[str, Schedule]:
         tags_reader = reader.mapping(name)
         tags = []
         for tag in tags_reader.data:
-            check_name(tag, reader.path, tags_reader.child_key(str(tag)))
+            check_name(tag, reader.path, tags_reader.child_key(tag), bounds.MAX_TAG_LENGTH)
             spec = tags_reader.mapping(tag)
             spec.reject_unknown({"interval", "keep"})
             interval = spec.duration("interval")
             if interval is None:
                 raise ConfigError(reader.path, spec.child_key("interval"), "required")
-            tags.append(TagSpec(tag, interval, spec.integer("keep", 1, minimum=1)))
+            tags.append(TagSpec(tag, interval, _keep(spec)))
         if not tags:
             raise ConfigError(
                 reader.path, reader.child_key(name), "a schedule needs at least one tag"
             )
+        if len(tags) > bounds.MAX_TAGS:
+            raise ConfigError(
+                reader.path, reader.child_key(name), f"more than {bounds.MAX_TAGS} tags"
+            )
         schedules[name] = Schedule(name, tuple(tags))
     return schedules
+
+
+def _keep(spec: _Reader) -> int:
+    keep = spec.integer("keep", 1, minimum=1)
+    problem = bounds.keep_problem(keep)
+    if problem is not None:
+        raise ConfigError(spec.path, spec.child_key("keep"), f"{problem}, got {clip(keep)}")
+    return keep
 
 
 def _read_source(reader: _Reader) -> Source:
@@ -450,7 +529,7 @@ def _read_source(reader: _Reader) -> Source:
     raise ConfigError(
         reader.path,
         reader.child_key("type"),
-        f"unknown source type {kind!r} (known: file, ceph-rbd)",
+        f"unknown source type {clip(kind)} (known: file, ceph-rbd)",
     )
 
 
@@ -477,12 +556,12 @@ def _read_job(
     host = reader.string("host", only_host)
     if host not in hosts:
         raise ConfigError(
-            reader.path, reader.child_key("host"), f"no host named {host!r} under hosts"
+            reader.path, reader.child_key("host"), f"no host named {clip(host)} under hosts"
         )
     schedule_name = reader.string("schedule")
     if schedule_name not in schedules:
         raise ConfigError(
-            reader.path, reader.child_key("schedule"), f"no schedule named {schedule_name!r}"
+            reader.path, reader.child_key("schedule"), f"no schedule named {clip(schedule_name)}"
         )
     freeze = None
     if reader.data.get("freeze-command") is not None:
@@ -498,12 +577,13 @@ def _read_job(
         source=_read_source(reader.mapping("source")),
         freeze=freeze,
         restore_within=reader.duration("restore-within") or defaults.restore_within,
-        sla_factor=reader.number("sla-factor", defaults.sla_factor, minimum=1.0),
+        sla_factor=_sla_factor(reader, defaults.sla_factor),
     )
 
 
 def parse(document: object, path: str) -> Config:
     """Validate a loaded YAML document."""
+    _check_strings(document, path)
     top = _Reader(path, "", document)
     top.reject_unknown({"global", "scheduler", "monitor", "hosts", "schedules", "jobs", "client"})
     defaults = _read_global(top.mapping("global"))
@@ -549,11 +629,20 @@ def load(path: str | None) -> Config:
     """Read and validate the config file."""
     resolved = resolve_path(path)
     try:
-        text = Path(resolved).read_text()
+        data = Path(resolved).read_bytes()
     except OSError as error:
         raise ConfigError(resolved, "(file)", error.strerror or str(error)) from None
     try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            resolved, "(file)", f"not UTF-8 text (invalid byte at offset {error.start})"
+        ) from None
+    try:
         document = yaml.load(text, Loader=_SafeLoader)
-    except yaml.YAMLError as error:
-        raise ConfigError(resolved, "(syntax)", str(error).replace("\n", " ")) from None
+    # ValueError: an integer of thousands of digits; RecursionError: deep nesting in
+    # PyYAML's pure-Python loader.
+    except (yaml.YAMLError, ValueError, RecursionError) as error:
+        message = _shorten(" ".join(str(error).split()), _SYNTAX_MESSAGE_LIMIT)
+        raise ConfigError(resolved, "(syntax)", message) from None
     return parse(document, resolved)

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from lifeboat import bounds
+from lifeboat.errors import InvalidArgument
 from lifeboat.model import FileSource, Job, Source
 from lifeboat.operations import OperationKind, OperationRecord, OperationState
 from lifeboat.v1 import resources_pb2 as pb
@@ -62,6 +64,17 @@ def duration(value: dt.timedelta | None) -> duration_pb2.Duration | None:
 def from_duration(value: duration_pb2.Duration) -> dt.timedelta | None:
     if value.seconds == 0 and value.nanos == 0:
         return None
+    return value.ToTimedelta()
+
+
+def request_duration(value: duration_pb2.Duration, field: str) -> dt.timedelta | None:
+    """A duration a caller sent: None when zero (not given), InvalidArgument naming `field`
+    outside the bounds of `lifeboat.bounds` (checked before a timedelta could overflow)."""
+    if value.seconds == 0 and value.nanos == 0:
+        return None
+    problem = bounds.seconds_problem(value.seconds + value.nanos / 1e9)
+    if problem is not None:
+        raise InvalidArgument(field, problem)
     return value.ToTimedelta()
 
 

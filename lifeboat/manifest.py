@@ -142,7 +142,7 @@ class Manifest:
 
     def write(self, path: Path) -> None:
         """Write the manifest to `path` (created or truncated) and fsync it."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             _write_all(fd, self.header())
             _write_all(fd, self._digests)

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from lifeboat import clock
+from lifeboat.bounds import clip
 from lifeboat.errors import Cancelled, NotFound
 
 KEEP_FINISHED = 1000
@@ -135,7 +136,7 @@ class OperationRegistry:
         with self._lock:
             record = self._operations.get(name)
         if record is None:
-            raise NotFound(f"operation {name!r} not found on host {self.host}")
+            raise NotFound(f"operation {clip(name)} not found on host {self.host}")
         return record
 
     def select(

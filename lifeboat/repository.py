@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,9 @@ STEPS = ("fsync-data", "rename-data", "write-rev", "fsync-dir", "update-last", "
 
 LAST = "last"
 LAST_REV = "last.rev"
+# Images hold whole disks: only the owner (the daemons' user) may read anything here.
+DIR_MODE = 0o700
+FILE_MODE = 0o600
 LOCK_FILE = ".lock"
 JOB_FILE = "job.yaml"
 LOG_FILE = "log"
@@ -209,7 +213,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_synced(path: Path, data: bytes, mode: int = 0o644) -> None:
+def _write_synced(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
     """Create or truncate `path`, write `data` and fsync it."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
@@ -219,6 +223,19 @@ def _write_synced(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _make_private(path: Path) -> bool:
+    """Take group and other permissions off `path` (never through a symlink); True if it
+    had any."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(mode) or not mode & 0o077:
+        return False
+    os.chmod(path, stat.S_IMODE(mode) & ~0o077)
+    return True
 
 
 def _fsync_file(path: Path) -> None:
@@ -282,6 +299,18 @@ class Repository:
 
     def job(self, name: str) -> JobDirectory:
         return JobDirectory(self.base_dir, validate_job_name(name))
+
+    def create(self) -> None:
+        """Create base-dir (mode 0700; missing parents as usual) unless it exists."""
+        self.base_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+
+    def make_private(self) -> int:
+        """Take group and other permissions off base-dir and the files directly in it
+        (job directories: `JobDirectory.make_private`); returns how many had them."""
+        files = [
+            Path(e.path) for e in os.scandir(self.base_dir) if e.is_file(follow_symlinks=False)
+        ]
+        return sum(_make_private(path) for path in [self.base_dir, *files])
 
     def job_names(self) -> list[str]:
         """The jobs that have a directory here, sorted."""
@@ -363,7 +392,7 @@ class JobDirectory:
         if self._lock_fd is not None:
             raise FailedPrecondition(f"job {self.name}: the lock is already held by this writer")
         self._ensure_dir()
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -408,6 +437,12 @@ class JobDirectory:
             log.info("job %s: re-pointing last at %s", self.name, self._newest_committed_id())
             self._point_last()
         return removed
+
+    def make_private(self) -> int:
+        """Take group and other permissions off the directory and its files (a repository
+        written before they were private); returns how many had them."""
+        entries = [Path(e.path) for e in os.scandir(self.path) if not e.is_symlink()]
+        return sum(_make_private(path) for path in [self.path, *entries])
 
     def new_revision_id(self) -> str:
         """A fresh id from `clock.now()`, unique here and sorting after every id of the
@@ -464,7 +499,7 @@ class JobDirectory:
         stamp = clock.now().astimezone(dt.UTC).isoformat(timespec="seconds")
         line = f"{stamp} {' '.join(message.splitlines())}\n".encode()
         fd = os.open(
-            self.path / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
+            self.path / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE
         )
         try:
             os.write(fd, line)  # one write: appenders never interleave within a line
@@ -487,7 +522,7 @@ class JobDirectory:
     def _ensure_dir(self) -> None:
         """Create the job's directory (durably) unless it exists."""
         try:
-            self.path.mkdir()
+            self.path.mkdir(mode=DIR_MODE)
         except FileExistsError:
             return
         except FileNotFoundError:
@@ -619,10 +654,11 @@ class RevisionWriter:
         with _space_errors():
             reflinked = False
             if parent is None:
-                _write_synced(self.image_tmp_path, b"", mode=0o600)
+                _write_synced(self.image_tmp_path, b"")
             else:
                 self._check_parent(parent)
                 reflinked = clone_file(self.job.image_path(parent.id), self.image_tmp_path)
+                os.chmod(self.image_tmp_path, FILE_MODE)  # a clone has its parent's mode
             os.truncate(self.image_tmp_path, size)
         return reflinked
 

@@ -19,6 +19,7 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
+from lifeboat.bounds import clip
 from lifeboat.errors import NotFound
 from lifeboat.model import Job
 from lifeboat.sla import JobFacts, SlaState, SlaVerdict, assess, format_age, worst
@@ -251,9 +252,9 @@ def selected_jobs(snapshot: Snapshot, job: str = "", host: str = "") -> list[Job
     """The configured jobs matching the filters (empty filter: all); NotFound for unknown names."""
     config = snapshot.config
     if job and job not in config.jobs:
-        raise NotFound(f"no job named {job!r} in {config.path}")
+        raise NotFound(f"no job named {clip(job)} in {config.path}")
     if host and host not in config.hosts:
-        raise NotFound(f"no host named {host!r} in {config.path}")
+        raise NotFound(f"no host named {clip(host)} in {config.path}")
     return [
         j
         for name, j in sorted(config.jobs.items())

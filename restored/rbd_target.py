@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 from lifeboat import ceph
+from lifeboat.bounds import clip
 from lifeboat.errors import AlreadyExists, NotFound
 from lifeboat.model import CephRbdSource
 from restored.targets import RbdTarget, TargetWriter
@@ -46,7 +47,7 @@ class RbdWriter(TargetWriter):
             try:
                 self.ioctx = self.cluster.open_ioctx(target.pool)
             except rados.ObjectNotFound:
-                raise NotFound(f"{target.key}: pool {target.pool} does not exist") from None
+                raise NotFound(f"{clip(target.key)}: pool {target.pool} does not exist") from None
             self.image = self._open(size, overwrite)
         except BaseException:
             self._disconnect()
@@ -60,13 +61,13 @@ class RbdWriter(TargetWriter):
             try:
                 rbd.RBD().create(self.ioctx, name, size)
             except rbd.ImageExists:
-                raise AlreadyExists(f"target {self.target.key} appeared meanwhile") from None
+                raise AlreadyExists(f"target {clip(self.target.key)} appeared meanwhile") from None
             self.created = True
             return rbd.Image(self.ioctx, name)
         if not overwrite:
             image.close()
             raise AlreadyExists(
-                f"target {self.target.key} exists; ask for overwrite to replace its content"
+                f"target {clip(self.target.key)} exists; ask for overwrite to replace its content"
             )
         self.overwriting = True
         if image.size() != size:

@@ -27,13 +27,6 @@ def _choice(request: pb.StartRestoreRequest) -> RevisionChoice:
     return RevisionChoice()  # latest, or nothing chosen: the newest good revision
 
 
-def _restore_within(request: pb.StartRestoreRequest) -> convert.dt.timedelta | None:
-    value = request.restore_within
-    if value.seconds < 0 or value.nanos < 0:
-        raise InvalidArgument("restore_within", "must not be negative")
-    return convert.from_duration(value)
-
-
 def _estimate(estimate: RestoreEstimate) -> pb.RestoreEstimate:
     return pb.RestoreEstimate(
         job=estimate.job,
@@ -58,7 +51,7 @@ class RestoreServicer(pb_grpc.RestoreServiceServicer):
             target=request.target,
             choice=_choice(request),
             overwrite=request.overwrite,
-            restore_within=_restore_within(request),
+            restore_within=convert.request_duration(request.restore_within, "restore_within"),
         )
         # Opening an RBD target talks to Ceph: keep the event loop free meanwhile.
         record = await asyncio.to_thread(self.worker.start_restore, restore)

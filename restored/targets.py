@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lifeboat.blockio import punch_hole
+from lifeboat.bounds import clip
 from lifeboat.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -80,12 +81,12 @@ def _path_allowed(path: str, policy: TargetPolicy) -> None:
     repository = os.path.realpath(policy.base_dir)
     if _within(path, repository) or _within(repository, path):
         raise PermissionDenied(
-            f"target {path} overlaps the repository {repository} of host {policy.host}"
+            f"target {clip(path)} overlaps the repository {repository} of host {policy.host}"
         )
     prefixes = [p for p in policy.allowed if not p.startswith(RBD_PREFIX)]
     if not any(_within(path, os.path.realpath(prefix)) for prefix in prefixes):
         raise PermissionDenied(
-            f"target {path} is not under the restore-targets of host {policy.host} "
+            f"target {clip(path)} is not under the restore-targets of host {policy.host} "
             f"({describe_allowed(policy.allowed)})"
         )
 
@@ -97,19 +98,21 @@ def resolve_target(text: str, policy: TargetPolicy) -> Target:
     if text.startswith(RBD_PREFIX):
         match = _RBD_TARGET.fullmatch(text)
         if match is None:
-            raise InvalidArgument("target", f"expected rbd:POOL/IMAGE, got {text!r}")
+            raise InvalidArgument("target", f"expected rbd:POOL/IMAGE, got {clip(text)}")
         target = RbdTarget(text, match[1], match[2])
         if f"{RBD_PREFIX}{target.pool}" not in policy.allowed:
             raise PermissionDenied(
-                f"target {text}: pool {target.pool} is not in the restore-targets of host "
-                f"{policy.host} ({describe_allowed(policy.allowed)})"
+                f"target {clip(text)}: pool {clip(target.pool)} is not in the restore-targets "
+                f"of host {policy.host} ({describe_allowed(policy.allowed)})"
             )
         return target
     if not os.path.isabs(text) or "\0" in text:
-        raise InvalidArgument("target", f"expected an absolute path or rbd:POOL/IMAGE: {text!r}")
+        raise InvalidArgument(
+            "target", f"expected an absolute path or rbd:POOL/IMAGE: {clip(text)}"
+        )
     resolved = os.path.realpath(text)
     if resolved == "/":
-        raise InvalidArgument("target", f"{text!r} is not a file or block device")
+        raise InvalidArgument("target", f"{clip(text)} is not a file or block device")
     _path_allowed(resolved, policy)
     return PathTarget(text, resolved)
 
@@ -149,7 +152,8 @@ class FileWriter(TargetWriter):
     """A new regular file: written to a temporary name beside the target, fsynced, renamed.
 
     Without overwrite the rename is `link` + `unlink`, which refuses to replace a file
-    that appeared meanwhile.
+    that appeared meanwhile. The temporary file is the owner's only (0600) while it is
+    written; a replaced file's mode is applied at the end.
     """
 
     def __init__(
@@ -164,10 +168,10 @@ class FileWriter(TargetWriter):
         self.fd = os.open(self.temporary, flags, 0o600, dir_fd=dir_fd)
         self.size = size
         self.holes: list[tuple[int, int]] = []
+        self.mode = stat.S_IMODE(replaced.st_mode) if replaced is not None else None
         try:
             if replaced is not None:
                 os.fchown(self.fd, replaced.st_uid, replaced.st_gid)
-                os.fchmod(self.fd, stat.S_IMODE(replaced.st_mode))
         except BaseException:
             self._remove_temporary()
             raise
@@ -190,6 +194,8 @@ class FileWriter(TargetWriter):
         os.ftruncate(self.fd, self.size)
         for start, end in self.holes:
             punch_hole(self.fd, start, end - start)
+        if self.mode is not None:
+            os.fchmod(self.fd, self.mode)
         os.fsync(self.fd)
         os.close(self.fd)
         self.fd = -1
@@ -201,7 +207,7 @@ class FileWriter(TargetWriter):
             except FileExistsError:
                 self._remove_temporary()
                 raise AlreadyExists(
-                    f"target {self.description} appeared during the restore; not replaced"
+                    f"target {clip(self.description)} appeared during the restore; not replaced"
                 ) from None
             os.unlink(self.temporary, dir_fd=self.dir_fd)
         os.fsync(self.dir_fd)
@@ -237,7 +243,7 @@ class BlockDeviceWriter(TargetWriter):
         except OSError as error:
             if error.errno == errno.EBUSY:
                 raise FailedPrecondition(
-                    f"block device {self.description} is in use (mounted or claimed)"
+                    f"block device {clip(self.description)} is in use (mounted or claimed)"
                 ) from None
             raise
         finally:
@@ -246,7 +252,8 @@ class BlockDeviceWriter(TargetWriter):
         if device_size < size:
             os.close(self.fd)
             raise FailedPrecondition(
-                f"block device {self.description} holds {device_size} bytes, the revision {size}"
+                f"block device {clip(self.description)} holds {device_size} bytes, "
+                f"the revision {size}"
             )
 
     def write(self, offset: int, data: memoryview) -> None:
@@ -271,9 +278,9 @@ def _open_directory(directory: str) -> int:
     try:
         return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise NotFound(f"target directory {directory} does not exist") from None
+        raise NotFound(f"target directory {clip(directory)} does not exist") from None
     except NotADirectoryError:
-        raise InvalidArgument("target", f"{directory} is not a directory") from None
+        raise InvalidArgument("target", f"{clip(directory)} is not a directory") from None
 
 
 def open_path_writer(
@@ -295,13 +302,15 @@ def open_path_writer(
     mode = existing.st_mode
     problem: LifeboatError | None = None
     if stat.S_ISLNK(mode):
-        problem = PermissionDenied(f"target {target.text} became a symlink; refused")
+        problem = PermissionDenied(f"target {clip(target.text)} became a symlink; refused")
     elif not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
-        problem = InvalidArgument("target", f"{target.path} is not a regular file or block device")
+        problem = InvalidArgument(
+            "target", f"{clip(target.path)} is not a regular file or block device"
+        )
     elif not overwrite:
         kind = "block device" if stat.S_ISBLK(mode) else "file"
         problem = AlreadyExists(
-            f"target {target.path} exists ({kind}); ask for overwrite to replace it"
+            f"target {clip(target.path)} exists ({kind}); ask for overwrite to replace it"
         )
     if problem is not None:
         os.close(dir_fd)

@@ -9,6 +9,7 @@ replaced atomically) so predictions survive a restart of restored.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from lifeboat import clock
+from lifeboat.repository import FILE_MODE
 
 log = logging.getLogger("lifeboat.restored")
 
@@ -91,7 +93,11 @@ class ThroughputMeter:
         }
         temporary = self.path.with_name(f"{self.path.name}.tmp")
         try:
-            temporary.write_text(yaml.safe_dump(document, sort_keys=False))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)  # a leftover keeps its mode; a new file gets FILE_MODE
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+            with open(fd, "w") as file:
+                file.write(yaml.safe_dump(document, sort_keys=False))
             os.replace(temporary, self.path)
         except OSError as error:
             log.warning("cannot record restore throughput in %s: %s", self.path, error)

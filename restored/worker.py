@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from lifeboat.bounds import clip, duration_problem
 from lifeboat.errors import (
     Cancelled,
     FailedPrecondition,
@@ -143,7 +144,9 @@ class RestoreWorker:
     def choose_revision(self, job_dir: JobDirectory, choice: RevisionChoice) -> RevisionMeta:
         if choice.revision_id:
             if not REVISION_ID.fullmatch(choice.revision_id):
-                raise InvalidArgument("revision_id", f"{choice.revision_id!r} is not a revision id")
+                raise InvalidArgument(
+                    "revision_id", f"{clip(choice.revision_id)} is not a revision id"
+                )
             meta = job_dir.revision(choice.revision_id)
             if not self._good(meta):
                 raise FailedPrecondition(
@@ -155,15 +158,16 @@ class RestoreWorker:
         if choice.tag:
             good = [m for m in good if choice.tag in m.tags]
             if not good:
-                raise NotFound(f"job {job_dir.name} has no good revision tagged {choice.tag!r}")
+                raise NotFound(f"job {job_dir.name} has no good revision tagged {clip(choice.tag)}")
         elif not good:
             raise NotFound(f"job {job_dir.name} has no good revision")
         return good[-1]
 
     def _restore_within(self, job: str, requested: dt.timedelta | None) -> dt.timedelta | None:
         if requested is not None:
-            if requested <= dt.timedelta(0):
-                raise InvalidArgument("restore_within", "must be positive")
+            problem = duration_problem(requested)
+            if problem is not None:
+                raise InvalidArgument("restore_within", problem)
             return requested
         configured = self.settings.jobs.get(job)
         return configured.restore_within if configured else self.settings.restore_within
@@ -178,7 +182,7 @@ class RestoreWorker:
         with self._claims_lock:
             holder = self._claims.get(key)
             if holder is not None:
-                raise FailedPrecondition(f"target {key} is being restored by {holder}")
+                raise FailedPrecondition(f"target {clip(key)} is being restored by {holder}")
             if len(self._claims) >= self.settings.restore_limit:
                 raise ResourceExhausted(
                     f"host {self.settings.host} runs {len(self._claims)} restores "

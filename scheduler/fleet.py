@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from lifeboat import config as config_module
+from lifeboat.bounds import clip
 from lifeboat.config import Config, HostConfig
 from lifeboat.errors import InvalidArgument, NotFound
 from scheduler import planner
@@ -59,12 +60,12 @@ class Scheduler:
         if not job:
             raise InvalidArgument("job", "required")
         if job not in self.config.jobs:
-            raise NotFound(f"no job named {job!r} in {self.config.path}")
+            raise NotFound(f"no job named {clip(job)} in {self.config.path}")
         return self.hosts[self.config.jobs[job].host]
 
     def views(self, host: str = "") -> list[JobView]:
         if host and host not in self.hosts:
-            raise InvalidArgument("host", f"no host named {host!r} in {self.config.path}")
+            raise InvalidArgument("host", f"no host named {clip(host)} in {self.config.path}")
         chosen = [self.hosts[host]] if host else list(self.hosts.values())
         views = [view for scheduler in chosen for view in scheduler.views()]
         return sorted(views, key=lambda view: view.job.name)

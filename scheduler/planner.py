@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from lifeboat import schedule
+from lifeboat.bounds import clip
 from lifeboat.errors import InvalidArgument
 from lifeboat.model import Job
 from lifeboat.operations import OperationState
@@ -231,7 +232,7 @@ def run_tags(track: JobTrack, requested: Sequence[str], now: dt.datetime) -> lis
         if tag not in known and not tag.startswith(MANUAL_PREFIX):
             raise InvalidArgument(
                 "tags",
-                f"tag {tag!r} is not in schedule {track.job.schedule.name!r} "
+                f"tag {clip(tag)} is not in schedule {track.job.schedule.name!r} "
                 f"(tags: {', '.join(sorted(known))}); use {MANUAL_PREFIX}NAME for other labels",
             )
     return sorted(set(requested))

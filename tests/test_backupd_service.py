@@ -467,3 +467,48 @@ async def test_unknown_operation_is_not_found(served: Served) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await served.client.operations.GetOperation(operations_pb2.GetOperationRequest(name="nope"))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+LONG_NAME = "x" * 4000
+
+
+@pytest.mark.parametrize(
+    ("method", "request_message", "field"),
+    [
+        pytest.param("ListRevisions", pb.ListRevisionsRequest(job=LONG_NAME), "job", id="list"),
+        pytest.param(
+            "GetRevision", pb.GetRevisionRequest(job=LONG_NAME, revision_id="last"), "job", id="get"
+        ),
+        pytest.param("GetJobStatus", pb.GetJobStatusRequest(job=LONG_NAME), "job", id="status"),
+        pytest.param("VerifyRevision", pb.VerifyRevisionRequest(job=LONG_NAME), "job", id="verify"),
+        pytest.param(
+            "UpdateRevisionTags",
+            pb.UpdateRevisionTagsRequest(job=LONG_NAME, revision_id="last", remove_tags=["hourly"]),
+            "job",
+            id="update-tags",
+        ),
+    ],
+)
+async def test_a_long_name_is_refused_in_a_short_message(
+    served: Served, method: str, request_message: object, field: str
+) -> None:
+    client = served.client
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await getattr(client.backup, method)(request_message)
+    details = caught.value.details() or ""
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert details.startswith(f"{field}: ") and len(details) < 300, details
+
+
+async def test_a_long_revision_id_or_operation_name_is_not_repeated(served: Served) -> None:
+    client = served.client
+    await client.back_up("vm-a")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.backup.GetRevision(pb.GetRevisionRequest(job="vm-a", revision_id=LONG_NAME))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = caught.value.details() or ""
+    assert details.startswith("revision: ") and len(details) < 300, details
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.operations.GetOperation(operations_pb2.GetOperationRequest(name=LONG_NAME))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert len(caught.value.details() or "") < 300

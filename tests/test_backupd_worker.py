@@ -7,7 +7,9 @@ import datetime as dt
 import json
 import os
 import signal
+import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -326,3 +328,68 @@ def test_check_tags() -> None:
             check_tags(bad, daily)
     with pytest.raises(InvalidArgument, match="only manual:NAME"):
         check_tags(["hourly"], None)
+
+
+def modes(directory: Path) -> dict[str, int]:
+    """The permission bits of `directory` and of everything in it but symlinks."""
+    found = {".": stat.S_IMODE(os.stat(directory).st_mode)}
+    for entry in os.scandir(directory):
+        if not entry.is_symlink():
+            found[entry.name] = stat.S_IMODE(entry.stat().st_mode)
+    return found
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.usefixtures("umask_022")
+async def test_the_repository_is_private_to_its_owner(tmp_path: Path) -> None:
+    repo = tmp_path / "srv" / "repo"
+    harness = Harness(repo)
+    source = source_file(tmp_path / "vm.raw")
+    os.chmod(source, 0o644)
+    harness.worker.recover_all()  # creates base-dir, as at start-up
+    for _ in range(2):  # a full revision, then one cloned from it
+        record = await harness.backup(job_for(source))
+        assert record.state == OperationState.SUCCEEDED, record.error
+    job_modes = modes(repo / "vm-a")
+    assert {"log", "job.yaml", ".lock"} <= set(job_modes)
+    assert [sum(n.endswith(suffix) for n in job_modes) for suffix in (".rev", ".sums")] == [2, 2]
+    assert job_modes == {name: 0o700 if name == "." else 0o600 for name in job_modes}
+    assert stat.S_IMODE(os.stat(repo).st_mode) == 0o700
+
+
+async def test_recovery_makes_an_older_repository_private(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    repo = tmp_path / "repo"
+    harness = Harness(repo)
+    record = await harness.backup(job_for(source_file(tmp_path / "vm.raw")))
+    assert record.state == OperationState.SUCCEEDED, record.error
+    throughput = repo / ".restore-throughput"
+    throughput.write_text("samples: []\n")
+    job_dir = repo / "vm-a"
+    for path in [repo, job_dir]:
+        os.chmod(path, 0o755)
+    for name in modes(job_dir):
+        os.chmod(job_dir / name, 0o755 if name == "." else 0o644)
+    os.chmod(throughput, 0o644)
+    count = len(modes(job_dir))
+
+    with caplog.at_level("WARNING", logger="lifeboat.backupd"):
+        harness.worker.recover_all()
+
+    assert modes(job_dir) == {name: 0o700 if name == "." else 0o600 for name in modes(job_dir)}
+    assert modes(repo)[".restore-throughput"] == 0o600
+    assert modes(repo)["."] == 0o700
+    assert os.path.islink(job_dir / "last")
+    assert f"job vm-a: made {count} files and directories private" in caplog.text
+    caplog.clear()
+    harness.worker.recover_all()  # nothing left to fix: nothing logged
+    assert "private" not in caplog.text

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,11 @@ def parse(text: str) -> config.Config:
 
 def edited(change: dict[str, object]) -> str:
     document = yaml.safe_load(BASE)
+    apply(document, change)
+    return yaml.safe_dump(document)
+
+
+def apply(document: dict[str, object], change: dict[str, object]) -> None:
     for dotted, value in change.items():
         node = document
         *parents, last = (part.replace("|", "/") for part in dotted.split("/"))
@@ -67,7 +74,6 @@ def edited(change: dict[str, object]) -> str:
             del node[last]
         else:
             node[last] = value
-    return yaml.safe_dump(document)
 
 
 def test_example_config_loads() -> None:
@@ -179,6 +185,170 @@ def test_errors_name_the_key(change: dict[str, object], key: str, problem: str) 
     assert str(caught.value).startswith(f"fleet.yaml: {key}: ")
 
 
+LONG_TAG = "t" * 65
+MANY_TAGS = {f"t{index}": {"interval": "1h"} for index in range(33)}
+FREEZE = {"jobs/vm-web01/freeze-command": "/bin/true"}
+OUT_OF_BOUNDS = "between 1s and 100 years"
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "problem"),
+    [
+        pytest.param(
+            {"schedules/default/hourly/interval": "99999999999999d"},
+            "schedules.default.hourly.interval",
+            OUT_OF_BOUNDS,
+            id="interval-overflow",
+        ),
+        pytest.param(
+            {"schedules/default/hourly/interval": "1" + "0" * 5000 + "s"},
+            "schedules.default.hourly.interval",
+            OUT_OF_BOUNDS,
+            id="interval-thousands-of-digits",
+        ),
+        pytest.param(
+            {"schedules/default/hourly/interval": 10**30},
+            "schedules.default.hourly.interval",
+            OUT_OF_BOUNDS,
+            id="interval-huge-number",
+        ),
+        pytest.param(
+            {"schedules/default/hourly/interval": float("inf")},
+            "schedules.default.hourly.interval",
+            OUT_OF_BOUNDS,
+            id="interval-inf",
+        ),
+        pytest.param(
+            {"schedules/default/hourly/interval": float("nan")},
+            "schedules.default.hourly.interval",
+            OUT_OF_BOUNDS,
+            id="interval-nan",
+        ),
+        pytest.param(
+            {"schedules/default/hourly/interval": 0.5},
+            "schedules.default.hourly.interval",
+            OUT_OF_BOUNDS,
+            id="interval-under-a-second",
+        ),
+        pytest.param(
+            {"global/restore-within": "36526d"},
+            "global.restore-within",
+            OUT_OF_BOUNDS,
+            id="restore-within-over-100-years",
+        ),
+        pytest.param(
+            {"jobs/vm-web01/restore-within": -5},
+            "jobs.vm-web01.restore-within",
+            OUT_OF_BOUNDS,
+            id="restore-within-negative",
+        ),
+        pytest.param(
+            {**FREEZE, "jobs/vm-web01/freeze-timeout": "9999999999w"},
+            "jobs.vm-web01.freeze-timeout",
+            OUT_OF_BOUNDS,
+            id="freeze-timeout",
+        ),
+        pytest.param(
+            {"global/verify-time-limit": 1e300},
+            "global.verify-time-limit",
+            OUT_OF_BOUNDS,
+            id="verify-time-limit",
+        ),
+        pytest.param(
+            {"monitor": {"poll-interval": "0s"}},
+            "monitor.poll-interval",
+            OUT_OF_BOUNDS,
+            id="poll-interval",
+        ),
+        pytest.param(
+            {"schedules/default/hourly/keep": 10_001},
+            "schedules.default.hourly.keep",
+            "between 1 and 10000",
+            id="keep-too-many",
+        ),
+        pytest.param(
+            {"global/sla-factor": float("nan")}, "global.sla-factor", "finite", id="sla-nan"
+        ),
+        pytest.param(
+            {"global/sla-factor": float("inf")}, "global.sla-factor", "finite", id="sla-inf"
+        ),
+        pytest.param(
+            {"global/sla-factor": 0.5}, "global.sla-factor", "at least 1", id="sla-below-one"
+        ),
+        pytest.param(
+            {"jobs/vm-db01/sla-factor": float("-inf")},
+            "jobs.vm-db01.sla-factor",
+            "finite",
+            id="job-sla-inf",
+        ),
+        pytest.param(
+            {"global/verify-fraction": float("nan")},
+            "global.verify-fraction",
+            "finite",
+            id="verify-fraction-nan",
+        ),
+        pytest.param(
+            {f"schedules/default/{LONG_TAG}": {"interval": "1h"}},
+            f"schedules.default.{LONG_TAG}",
+            "longer than 64",
+            id="long-tag",
+        ),
+        pytest.param(
+            {"schedules/many": MANY_TAGS}, "schedules.many", "more than 32 tags", id="many-tags"
+        ),
+        pytest.param(
+            {"jobs/vm-web01/source/path": "/var/lib/a\0b"},
+            "jobs.vm-web01.source.path",
+            "NUL",
+            id="nul-in-value",
+        ),
+        pytest.param(
+            {"jobs/vm-\0": {"schedule": "default"}}, "jobs.vm-\\0", "NUL", id="nul-in-key"
+        ),
+        pytest.param(
+            {"global/restore-targets": ["/srv/ok", "/srv/a\0"]},
+            "global.restore-targets[1]",
+            "NUL",
+            id="nul-in-list",
+        ),
+        pytest.param(
+            {"global/access": {"admin": ["ops\0"]}},
+            "global.access.admin[0]",
+            "NUL",
+            id="nul-in-access",
+        ),
+        pytest.param(
+            {"global/backy-thing": "x" * 1_000_000},
+            "global.backy-thing",
+            "unknown key",
+            id="huge-value-unknown-key",
+        ),
+        pytest.param(
+            {"jobs/vm-web01/source/type": "x" * 1_000_000},
+            "jobs.vm-web01.source.type",
+            "unknown source type 'xxx",
+            id="huge-value-echoed",
+        ),
+        pytest.param(
+            {"global/" + "k" * 1_000_000: 1},
+            "global." + "k" * 100 + "...",
+            "unknown key",
+            id="huge-key",
+        ),
+    ],
+)
+def test_values_out_of_bounds_name_the_key_in_a_short_message(
+    change: dict[str, object], key: str, problem: str
+) -> None:
+    document = yaml.safe_load(edited({}))
+    apply(document, change)
+    with pytest.raises(ConfigError) as caught:
+        config.parse(document, "fleet.yaml")
+    assert caught.value.key == key
+    assert problem in caught.value.problem
+    assert len(str(caught.value)) < 400
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [("20s", 20), ("90m", 5400), ("1h30m", 5400), ("1d", 86400), ("2w", 1209600), (45, 45)],
@@ -221,3 +391,64 @@ def test_config_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv(config.CONFIG_VARIABLE)
     with pytest.raises(ConfigError, match="LIFEBOAT_CONFIG"):
         config.load(None)
+
+
+@pytest.mark.parametrize(
+    ("content", "key", "problem"),
+    [
+        pytest.param(b"global: {base-dir: /srv/\xff}\n", "(file)", "not UTF-8", id="not-utf8"),
+        pytest.param(b"global: {worker-limit: " + b"9" * 5000 + b"}\n", "(syntax)", "", id="int"),
+        pytest.param(b'global: {base-dir: "/a\\0"}\n', "global.base-dir", "NUL", id="nul"),
+        pytest.param(
+            b"schedules: {d: {h: {interval: 99999999999999d}}}\n",
+            "schedules.d.h.interval",
+            OUT_OF_BOUNDS,
+            id="overflow",
+        ),
+        pytest.param(
+            b"jobs: &a {x: *a}\n",
+            "jobs.x.x",
+            "unknown key",
+            id="alias-cycle",
+        ),
+    ],
+)
+def test_load_reports_bad_files_as_config_errors(
+    tmp_path: Path, content: bytes, key: str, problem: str
+) -> None:
+    path = tmp_path / "fleet.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as caught:
+        config.load(str(path))
+    assert (caught.value.path, caught.value.key) == (str(path), key)
+    assert problem in caught.value.problem
+    assert len(str(caught.value)) < 600
+
+
+@pytest.mark.parametrize(
+    ("content", "key"),
+    [
+        pytest.param(
+            BASE.replace("interval: 1h", "interval: 99999999999999d").encode(),
+            "schedules.default.hourly.interval",
+            id="overflowing-interval",
+        ),
+        pytest.param(
+            BASE.replace("/srv/lifeboat", "/srv/\xe9t\xe9").encode("latin-1"),
+            "(file)",
+            id="latin-1",
+        ),
+    ],
+)
+def test_daemon_exits_2_naming_file_and_key(tmp_path: Path, content: bytes, key: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    result = subprocess.run(
+        [sys.executable, "-m", "backupd.cli", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"{path}: {key}: " in result.stderr
+    assert "Traceback" not in result.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 import random
@@ -103,7 +104,7 @@ def write_config(tmp_path: Path, ports: dict[str, int], hosts: tuple[str, ...]) 
         f"global: {{base-dir: {tmp_path}/repo}}\n"
         f"scheduler: {{listen: 127.0.0.1:{ports['scheduler']}}}\n"
         f"monitor: {{listen: 127.0.0.1:{ports['monitor']}, http: 127.0.0.1:{ports['http']}, "
-        f"poll-interval: {POLL_INTERVAL}}}\n"
+        "poll-interval: 1s}\n"
         f"hosts:\n{host_lines}"
         "schedules: {default: {hourly: {interval: 1h, keep: 24}, daily: {interval: 1d, keep: 7}}}\n"
         f"jobs:\n{job_lines}"
@@ -119,7 +120,11 @@ class Fleet:
         names = [f"{h}.{d}" for h in hosts for d in ("backupd", "restored")]
         self.ports = {name: free_port() for name in [*names, "scheduler", "monitor", "http"]}
         self.config_path = write_config(tmp_path, self.ports, hosts)
-        self.config = config_module.load(str(self.config_path))
+        # Faster than a config may say (1s at least), to keep the tests short.
+        self.config = dataclasses.replace(
+            config_module.load(str(self.config_path)),
+            monitor_poll_interval=dt.timedelta(seconds=POLL_INTERVAL),
+        )
         self.daemons: dict[str, GrpcDaemon] = {}
         self.monitor: Monitor | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -306,6 +311,8 @@ async def test_report_fields(fleet: Fleet) -> None:
     [
         pytest.param({"job": "vm-nope"}, "vm-nope", id="job"),
         pytest.param({"host": "b9"}, "b9", id="host"),
+        pytest.param({"job": "j" * 4000}, "jjj", id="long-job"),
+        pytest.param({"host": "h" * 4000}, "hhh", id="long-host"),
     ],
 )
 async def test_unknown_filter_is_not_found(
@@ -315,6 +322,7 @@ async def test_unknown_filter_is_not_found(
         await fleet.check(**filters)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert field in (caught.value.details() or "")
+    assert len(caught.value.details() or "") < 300
 
 
 async def test_scheduler_down_is_reported_but_not_judged(fleet: Fleet) -> None:

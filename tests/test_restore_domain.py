@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import random
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -111,7 +112,7 @@ def test_allowed_targets_resolve(layout: dict[str, Path], text: str, expected: s
         pytest.param("{restore}/link.raw", PermissionDenied, "not under", id="symlink-file"),
         pytest.param("{restore-evil}/vm.raw", PermissionDenied, "not under", id="string-prefix"),
         pytest.param("{restore}/repo/vm.raw", PermissionDenied, "repository", id="in-repo"),
-        pytest.param("rbd:other/vm", PermissionDenied, "pool other", id="rbd-other-pool"),
+        pytest.param("rbd:other/vm", PermissionDenied, "pool 'other'", id="rbd-other-pool"),
         pytest.param("vm.raw", InvalidArgument, "target", id="relative"),
         pytest.param("", InvalidArgument, "target", id="empty"),
         pytest.param("rbd:restore", InvalidArgument, "rbd:POOL/IMAGE", id="rbd-no-image"),
@@ -180,6 +181,33 @@ def test_directory_swapped_for_a_symlink_after_the_check_is_refused(
     with pytest.raises(PermissionDenied):
         open_path_writer(target, 4096, False, policy)
     assert list(layout["outside"].iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("existing", "final"),
+    [pytest.param(None, 0o600, id="new-file"), pytest.param(0o644, 0o644, id="replaced")],
+)
+def test_the_file_being_restored_is_private_until_it_is_in_place(
+    layout: dict[str, Path], existing: int | None, final: int
+) -> None:
+    path = layout["restore"] / "vm.raw"
+    if existing is not None:
+        path.write_bytes(b"old")
+        os.chmod(path, existing)
+    policy = policy_for(layout)
+    target = resolve_target(str(path), policy)
+    assert isinstance(target, PathTarget)
+    old_umask = os.umask(0o022)
+    try:
+        writer = open_path_writer(target, 4096, True, policy)
+    finally:
+        os.umask(old_umask)
+    writer.write(0, memoryview(b"new data"))
+    (temporary,) = layout["restore"].glob(".vm.raw.*.tmp")
+    assert stat.S_IMODE(temporary.stat().st_mode) == 0o600
+    writer.finish()
+    assert stat.S_IMODE(path.stat().st_mode) == final
+    assert path.read_bytes()[:8] == b"new data"
 
 
 # --- reading against the manifest ----------------------------------------------------
@@ -317,6 +345,19 @@ def test_throughput_meter(tmp_path: Path, samples: list[tuple[int, float]], rate
         assert predicted.total_seconds() == pytest.approx(50 * MiB / rate)
     else:
         assert predicted is None
+
+
+def test_throughput_file_is_private(tmp_path: Path) -> None:
+    leftover = tmp_path / f"{FILE_NAME}.tmp"
+    leftover.write_text("old")
+    os.chmod(leftover, 0o644)
+    old_umask = os.umask(0o022)
+    try:
+        ThroughputMeter(tmp_path / FILE_NAME).record(100 * MiB, 1.0)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE((tmp_path / FILE_NAME).stat().st_mode) == 0o600
+    assert not leftover.exists()
 
 
 def test_throughput_meter_ignores_a_damaged_file(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import pytest
 import yaml
+from google.protobuf.duration_pb2 import Duration
 
 from lifeboat import config as config_module
 from lifeboat.admin import restore as admin_restore
@@ -336,6 +337,20 @@ async def test_existing_target_needs_overwrite(restored: Restored) -> None:
             "nodir",
             id="missing-directory",
         ),
+        *(
+            pytest.param(
+                {"job": "vm-a", "target": "{tmp}/restore/vm.raw", "restore_within": within},
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "restore_within: must be between 1s and 100 years",
+                id=f"restore-within-{name}",
+            )
+            for name, within in [
+                ("negative", Duration(seconds=-5)),
+                ("half-a-second", Duration(nanos=500_000_000)),
+                ("over-100-years", Duration(seconds=36526 * 86400)),
+                ("overflowing", Duration(seconds=2**62)),
+            ]
+        ),
     ],
 )
 async def test_bad_start_requests(
@@ -346,6 +361,69 @@ async def test_bad_start_requests(
         fields["target"] = fields["target"].format(tmp=restored.tmp)
     details = await expect_error(restored.start(**fields), code)
     assert field in details
+
+
+LONG = "x" * 4000
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "field"),
+    [
+        pytest.param(
+            {"job": LONG, "target": "/x"}, grpc.StatusCode.INVALID_ARGUMENT, "job", id="job"
+        ),
+        pytest.param(
+            {"job": "vm-a", "target": "/x", "revision_id": LONG},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "revision_id",
+            id="revision-id",
+        ),
+        pytest.param(
+            {"job": "vm-a", "target": "/x", "tag": LONG}, grpc.StatusCode.NOT_FOUND, "", id="tag"
+        ),
+        pytest.param(
+            {"job": "vm-a", "target": "/" + LONG},
+            grpc.StatusCode.PERMISSION_DENIED,
+            "",
+            id="target-elsewhere",
+        ),
+        pytest.param(
+            {"job": "vm-a", "target": "{tmp}/restore/" + LONG[:200] + "/vm.raw"},
+            grpc.StatusCode.NOT_FOUND,
+            "",
+            id="target-directory",
+        ),
+        pytest.param(
+            {"job": "vm-a", "target": "rbd:" + LONG},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "target",
+            id="rbd-target",
+        ),
+    ],
+)
+async def test_long_input_is_never_repeated_in_full(
+    restored: Restored, fields: dict[str, Any], code: grpc.StatusCode, field: str
+) -> None:
+    await two_revisions(restored)
+    fields["target"] = fields["target"].format(tmp=restored.tmp)
+    details = await expect_error(restored.start(**fields), code)
+    assert details.startswith(f"{field}: " if field else "") and len(details) < 300, details
+
+
+async def test_long_names_to_streams_and_estimates_are_refused_shortly(
+    restored: Restored,
+) -> None:
+    request = pb.ReadRevisionRequest(job=LONG, revision_id="last")
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        async for _ in restored.stub.ReadRevision(request):
+            pass
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(raised.value.details() or "") < 300
+    details = await expect_error(
+        restored.stub.ListRestoreEstimates(pb.ListRestoreEstimatesRequest(jobs=[LONG])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert details.startswith("job: ") and len(details) < 300, details
 
 
 async def test_reload_applies_new_restore_targets(tmp_path: Path) -> None:
@@ -510,6 +588,9 @@ async def test_read_revision_streams_data_without_holes(restored: Restored) -> N
             {"revision_id": ""}, grpc.StatusCode.INVALID_ARGUMENT, "revision_id", id="no-revision"
         ),
         pytest.param({"job": "vm-zz"}, grpc.StatusCode.NOT_FOUND, "vm-zz", id="unknown-job"),
+        pytest.param(
+            {"chunk_size": -4096}, grpc.StatusCode.INVALID_ARGUMENT, "chunk_size", id="negative"
+        ),
     ],
 )
 async def test_bad_read_requests(
