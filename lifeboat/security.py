@@ -19,6 +19,7 @@ from typing import Any, cast
 import grpc
 
 from lifeboat.access import LOCAL_CALLER, Access, Caller, Role
+from lifeboat.bounds import ECHO_LIMIT, clip
 from lifeboat.config import Config, ServerSecurity, TlsFiles
 from lifeboat.errors import ConfigError
 
@@ -149,7 +150,11 @@ class Guard:
             for n in auth_context.get("x509_subject_alternative_name", [])
         ]
         names = common + alternative
-        return Caller(names[0] if names else "(unnamed)", self.access.role_of(names))
+        # Shown in replies and audit lines: a SAN may be long, so it is cut like any input.
+        shown = names[0] if names else "(unnamed)"
+        if len(shown) > ECHO_LIMIT or not shown.isprintable():
+            shown = clip(shown)
+        return Caller(shown, self.access.role_of(names))
 
     def reload(self, config: Config, section: ServerSecurity) -> None:
         """New roles at once; new certificate files for new connections."""

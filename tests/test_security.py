@@ -21,8 +21,9 @@ from google.protobuf.descriptor import MethodDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lifeboat import access, client
+from lifeboat import config as config_module
 from lifeboat.access import Access, Caller, Role
-from lifeboat.security import ClientIdentity, is_loopback
+from lifeboat.security import ClientIdentity, Guard, ServerTls, is_loopback
 from lifeboat.v1 import (
     backup_pb2,
     backup_pb2_grpc,
@@ -126,6 +127,19 @@ def test_refusal_names_the_rpc_and_the_role_it_needs() -> None:
 def test_role_of_a_certificate(names: list[str], role: Role | None) -> None:
     roles = {Role[k.upper()]: frozenset(v) for k, v in pki_module.ACCESS.items()}
     assert Access(roles).role_of(names) == role
+
+
+def test_a_long_certificate_name_is_clipped_where_it_is_shown(tmp_path: Path) -> None:
+    pki = pki_module.make_pki(tmp_path)
+    config = config_module.parse(pki_module.merge({"hosts": {HOST: PLAIN_HOST}}, pki.config()), "t")
+    section = config.host(HOST).security
+    guard = Guard(ServerTls(config, section), Access({Role.ADMIN: frozenset({"x" * 300})}))
+    caller = guard.caller({"x509_subject_alternative_name": [b"x" * 300]})
+    assert caller.role == Role.ADMIN
+    assert len(caller.name) < 150
+
+
+PLAIN_HOST = {"backupd": "127.0.0.1:9411", "restored": "127.0.0.1:9412"}
 
 
 @pytest.mark.parametrize(
