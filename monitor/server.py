@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from lifeboat import config as config_module
 from lifeboat.bootstrap import GrpcDaemon, ServiceSpec
 from lifeboat.security import daemon_identity, guard_for
@@ -27,7 +29,7 @@ def build(
     path = config.path
 
     async def reload() -> None:
-        new = config_module.load(path)
+        new = await asyncio.to_thread(config_module.load, path)
         monitor.reconfigure(new)
         daemon.reload_security(new)
 

@@ -39,7 +39,7 @@ def build(config: config_module.Config, host: str, listen: str) -> tuple[GrpcDae
     )
 
     async def reload() -> None:
-        new = config_module.load(path)
+        new = await asyncio.to_thread(config_module.load, path)
         worker.reconfigure(restore_settings(new, host))
         daemon.reload_security(new)
 

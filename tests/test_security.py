@@ -176,6 +176,11 @@ class TlsFleet:
     def log(self, daemon: str) -> str:
         return next(d for d in self.fleet.daemons if d.name == daemon).log()
 
+    def grpcurl_as(self, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+        files = self.pki.files[name]
+        tls = ("-cacert", str(self.pki.ca), "-cert", str(files.cert), "-key", str(files.key))
+        return grpcurl(*tls, *args)
+
 
 def fleet_config(workdir: Path, pki: Pki, addresses: dict[str, str]) -> dict[str, Any]:
     source = workdir / "vm-a.raw"
@@ -293,17 +298,7 @@ def test_health_and_reflection_need_only_a_valid_certificate(
             health_pb2.HealthCheckRequest(), timeout=5
         )
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    files = tls_fleet.pki.files[NOBODY]
-    listed = grpcurl(
-        "-cacert",
-        str(tls_fleet.pki.ca),
-        "-cert",
-        str(files.cert),
-        "-key",
-        str(files.key),
-        tls_fleet.addresses[daemon],
-        "list",
-    )
+    listed = tls_fleet.grpcurl_as(NOBODY, tls_fleet.addresses[daemon], "list")
     assert listed.returncode == 0, listed.stderr
     assert "grpc.health.v1.Health" in listed.stdout.split()
 
@@ -327,14 +322,8 @@ def test_the_handshake_refuses_callers_without_a_valid_certificate(
 
 
 def test_grpcurl_as_admin_as_the_readme_says(tls_fleet: TlsFleet) -> None:
-    files = tls_fleet.pki.files[ADMIN]
-    described = grpcurl(
-        "-cacert",
-        str(tls_fleet.pki.ca),
-        "-cert",
-        str(files.cert),
-        "-key",
-        str(files.key),
+    described = tls_fleet.grpcurl_as(
+        ADMIN,
         "-d",
         '{"job": "vm-a"}',
         tls_fleet.addresses["backupd"],
