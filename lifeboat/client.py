@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import grpc
 
-from lifeboat.errors import LifeboatError
+from lifeboat.errors import LifeboatError, Unavailable
 from lifeboat.grpc_errors import error_for
 from lifeboat.security import ClientIdentity
 from lifeboat.v1 import operations_pb2, operations_pb2_grpc, resources_pb2
@@ -26,29 +26,55 @@ FINISHED_STATES = {
 }
 
 
-ChannelOptions = Sequence[tuple[str, Any]]
+# Job statuses and revision lists of a big host exceed grpc's default 4 MiB.
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+CALL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+)
+# The daemons' long-lived channels: a peer that comes back must be seen again within a
+# poll or two, not after grpc's default reconnect backoff of up to two minutes. (Not for
+# one-shot calls: this also shortens the connect timeout, which would turn "did not
+# answer in time" into "cannot connect".)
+PEER_OPTIONS = (
+    *CALL_OPTIONS,
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
 
 
 @contextmanager
-def channel(
-    address: str, identity: ClientIdentity | None, options: ChannelOptions = ()
-) -> Iterator[grpc.Channel]:
-    """A blocking channel to a Lifeboat service."""
+def channel(address: str, identity: ClientIdentity | None) -> Iterator[grpc.Channel]:
+    """A blocking channel to a Lifeboat service, for a command's few calls."""
     if identity is None:
-        opened = grpc.insecure_channel(address, options=options)
+        opened = grpc.insecure_channel(address, options=CALL_OPTIONS)
     else:
-        opened = grpc.secure_channel(address, identity.credentials(), options=options)
+        opened = grpc.secure_channel(address, identity.credentials(), options=CALL_OPTIONS)
     with opened:
         yield opened
 
 
-def aio_channel(
-    address: str, identity: ClientIdentity | None, options: ChannelOptions = ()
-) -> grpc.aio.Channel:
-    """An asyncio channel to a Lifeboat service; the caller closes it."""
+def aio_channel(address: str, identity: ClientIdentity | None) -> grpc.aio.Channel:
+    """A long-lived asyncio channel of a daemon to its peer; the caller closes it."""
     if identity is None:
-        return grpc.aio.insecure_channel(address, options=options)
-    return grpc.aio.secure_channel(address, identity.credentials(), options=options)
+        return grpc.aio.insecure_channel(address, options=PEER_OPTIONS)
+    return grpc.aio.secure_channel(address, identity.credentials(), options=PEER_OPTIONS)
+
+
+def failure(error: grpc.RpcError, peer: str, timeout: float) -> LifeboatError:
+    """The domain error for a failed call to `peer`; a missed deadline says how long."""
+    code = error.code() if hasattr(error, "code") else None  # aio errors are no grpc.Call
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return Unavailable(f"{peer}: no answer within {timeout:g}s")
+    return error_for(error, peer)
+
+
+async def acall(peer: str, method: Callable[..., Any], request: object, timeout: float) -> Any:
+    """One asyncio unary call; failures become domain errors naming the peer."""
+    try:
+        return await method(request, timeout=timeout)
+    except grpc.RpcError as error:
+        raise failure(error, peer, timeout) from None
 
 
 def call(peer: str, method: Callable[..., object], request: object, timeout: float) -> object:
@@ -56,7 +82,7 @@ def call(peer: str, method: Callable[..., object], request: object, timeout: flo
     try:
         return method(request, timeout=timeout)
     except grpc.RpcError as error:
-        raise error_for(error, peer) from None
+        raise failure(error, peer, timeout) from None
 
 
 def format_bytes(count: float) -> str:

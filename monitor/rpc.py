@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from typing import Any
 
 import grpc
 
 from lifeboat import client, clock, convert
 from lifeboat.config import HostConfig
-from lifeboat.errors import LifeboatError, Unavailable
-from lifeboat.grpc_errors import error_for
 from lifeboat.security import ClientIdentity
 from lifeboat.v1 import (
     backup_pb2,
@@ -31,15 +28,6 @@ from monitor.observations import (
     RestoredObservation,
     RunningRestore,
     SchedulerObservation,
-)
-
-# A daemon that comes back must be seen again within a poll or two, not after
-# grpc's default reconnect backoff of up to two minutes.
-CHANNEL_OPTIONS = (
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 )
 
 
@@ -116,12 +104,6 @@ def scheduler_observation(jobs: scheduler_pb2.ListJobsResponse) -> SchedulerObse
     return SchedulerObservation(next_runs)
 
 
-def _failure(error: grpc.aio.AioRpcError, peer: str, timeout: float) -> LifeboatError:
-    if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return Unavailable(f"{peer}: no answer within {timeout:g}s")
-    return error_for(error, peer)
-
-
 def _unimplemented(error: grpc.aio.AioRpcError) -> bool:
     if error.code() == grpc.StatusCode.UNIMPLEMENTED:
         return True
@@ -142,22 +124,16 @@ class GrpcSource:
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = client.aio_channel(address, self.identity, CHANNEL_OPTIONS)
+            channel = client.aio_channel(address, self.identity)
             self._channels[address] = channel
         return channel
-
-    async def _call(self, peer: str, method: Any, request: Any, timeout: float) -> Any:
-        try:
-            return await method(request, timeout=timeout)
-        except grpc.aio.AioRpcError as error:
-            raise _failure(error, peer, timeout) from None
 
     async def backupd(self, host: HostConfig, timeout: float) -> BackupdObservation:
         peer = f"backupd {host.backupd}"
         stub = backup_pb2_grpc.BackupServiceStub(self._channel(host.backupd))
         statuses, status = await asyncio.gather(
-            self._call(peer, stub.ListJobStatuses, backup_pb2.ListJobStatusesRequest(), timeout),
-            self._call(peer, stub.GetHostStatus, backup_pb2.GetHostStatusRequest(), timeout),
+            client.acall(peer, stub.ListJobStatuses, backup_pb2.ListJobStatusesRequest(), timeout),
+            client.acall(peer, stub.GetHostStatus, backup_pb2.GetHostStatusRequest(), timeout),
         )
         return backupd_observation(statuses, status)
 
@@ -166,7 +142,7 @@ class GrpcSource:
         channel = self._channel(host.restored)
         estimates, operations = await asyncio.gather(
             self._estimates(peer, channel, timeout),
-            self._call(
+            client.acall(
                 peer,
                 operations_pb2_grpc.OperationServiceStub(channel).ListOperations,
                 operations_pb2.ListOperationsRequest(
@@ -189,11 +165,11 @@ class GrpcSource:
         except grpc.aio.AioRpcError as error:
             if _unimplemented(error):
                 return None
-            raise _failure(error, peer, timeout) from None
+            raise client.failure(error, peer, timeout) from None
 
     async def scheduler(self, address: str, timeout: float) -> SchedulerObservation:
         stub = scheduler_pb2_grpc.SchedulerServiceStub(self._channel(address))
-        reply = await self._call(
+        reply = await client.acall(
             f"scheduler {address}", stub.ListJobs, scheduler_pb2.ListJobsRequest(), timeout
         )
         return scheduler_observation(reply)

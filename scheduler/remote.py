@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
-from typing import Any
-
-import grpc
 
 from lifeboat import client, convert
 from lifeboat.config import HostConfig
-from lifeboat.grpc_errors import error_for
 from lifeboat.model import Job
 from lifeboat.operations import OperationState
 from lifeboat.security import ClientIdentity
@@ -24,9 +20,6 @@ from lifeboat.v1 import (
 )
 from scheduler.hosts import BackupOperation, HostClient, JobReport
 from scheduler.settings import SchedulerSettings
-
-# Job statuses of a big host exceed gRPC's default 4 MiB.
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 
 def operation_from_pb(message: resources_pb2.Operation) -> BackupOperation:
@@ -66,27 +59,18 @@ class GrpcHostClient:
     ) -> None:
         self.host = host
         self.settings = settings
-        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
-        self._backupd = client.aio_channel(host.backupd, identity, options)
+        self._backupd = client.aio_channel(host.backupd, identity)
         self._restored = client.aio_channel(host.restored, identity)
         self._backups = backup_pb2_grpc.BackupServiceStub(self._backupd)
         self._backup_operations = operations_pb2_grpc.OperationServiceStub(self._backupd)
         self._restore_operations = operations_pb2_grpc.OperationServiceStub(self._restored)
-
-    async def _call(
-        self, peer: str, method: Callable[..., Any], request: Any, timeout: float
-    ) -> Any:
-        try:
-            return await method(request, timeout=timeout)
-        except grpc.RpcError as error:
-            raise error_for(error, peer) from None
 
     @property
     def _backupd_peer(self) -> str:
         return f"host {self.host.name} backupd {self.host.backupd}"
 
     async def job_reports(self) -> list[JobReport]:
-        reply = await self._call(
+        reply = await client.acall(
             self._backupd_peer,
             self._backups.ListJobStatuses,
             backup_pb2.ListJobStatusesRequest(),
@@ -95,7 +79,7 @@ class GrpcHostClient:
         return [report_from_pb(status) for status in reply.statuses]
 
     async def job_report(self, job: str) -> JobReport:
-        reply = await self._call(
+        reply = await client.acall(
             self._backupd_peer,
             self._backups.GetJobStatus,
             backup_pb2.GetJobStatusRequest(job=job),
@@ -104,7 +88,7 @@ class GrpcHostClient:
         return report_from_pb(reply.status)
 
     async def start_backup(self, job: Job, tags: Sequence[str]) -> tuple[BackupOperation, bool]:
-        reply = await self._call(
+        reply = await client.acall(
             self._backupd_peer,
             self._backups.StartBackup,
             backup_pb2.StartBackupRequest(job=job.name, tags=list(tags)),
@@ -113,7 +97,7 @@ class GrpcHostClient:
         return operation_from_pb(reply.operation), reply.started
 
     async def running_backups(self) -> list[BackupOperation]:
-        reply = await self._call(
+        reply = await client.acall(
             self._backupd_peer,
             self._backup_operations.ListOperations,
             operations_pb2.ListOperationsRequest(
@@ -124,7 +108,7 @@ class GrpcHostClient:
         return [operation_from_pb(operation) for operation in reply.operations]
 
     async def operation(self, name: str) -> BackupOperation:
-        reply = await self._call(
+        reply = await client.acall(
             self._backupd_peer,
             self._backup_operations.GetOperation,
             operations_pb2.GetOperationRequest(name=name),
@@ -133,7 +117,7 @@ class GrpcHostClient:
         return operation_from_pb(reply.operation)
 
     async def running_restores(self) -> int:
-        reply = await self._call(
+        reply = await client.acall(
             f"host {self.host.name} restored {self.host.restored}",
             self._restore_operations.ListOperations,
             operations_pb2.ListOperationsRequest(
