@@ -1,5 +1,6 @@
 pytest_plugins = [
     "tests.support.ceph_fixture",
+    "tests.support.faultfs_fixture",
     "tests.support.loopfs",
     "tests.support.transport",
 ]
