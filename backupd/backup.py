@@ -21,7 +21,7 @@ from backupd import extents
 from backupd.sources.base import Snapshot, SourceDriver
 from backupd.verify import SampleVerifier, VerifyLimits
 from lifeboat import clock
-from lifeboat.blockio import punch_hole, start_writeback
+from lifeboat.blockio import naming, punch_hole, start_writeback, write_all
 from lifeboat.clone import limit_cow_preallocation
 from lifeboat.errors import ResourceExhausted
 from lifeboat.manifest import ALGORITHM, DEFAULT_BLOCK_SIZE, DIGEST_SIZE, Manifest, zero_digest
@@ -156,7 +156,7 @@ class BlockWriter:
             if is_zero:
                 punch_hole(self.fd, offset + lo, hi - lo)
             else:
-                _write_all(self.fd, data[lo:hi], offset + lo)
+                write_all(self.fd, data[lo:hi], offset + lo)
                 self.stats.bytes_written += hi - lo
                 self._unflushed += hi - lo
         if self._unflushed >= WRITEBACK_EVERY:
@@ -205,12 +205,6 @@ def _zero_runs(new: bytes, zeros: bytes, start: int, count: int) -> list[tuple[i
         else:
             runs.append((index, 1, is_zero))
     return runs
-
-
-def _write_all(fd: int, data: memoryview, offset: int) -> None:
-    while data:
-        written = os.pwrite(fd, data, offset)
-        data, offset = data[written:], offset + written
 
 
 class _DataIndex:
@@ -381,7 +375,9 @@ def _write_image(
     progress: Progress,
     check_cancelled: Callable[[], None],
 ) -> tuple[WriteStats, dict[str, Any]]:
-    """Find what changed, copy it into the new image, make that durable, verify the sample."""
+    """Find what changed, copy it into the new image, make that durable, verify the sample.
+
+    An error reading or writing the image names it (and where it can, the offset)."""
     fd = os.open(writer.image_tmp_path, os.O_RDWR | os.O_CLOEXEC)
     try:
         limit_cow_preallocation(fd, manifest.block_size)
@@ -406,6 +402,8 @@ def _write_image(
             background.shutdown(wait=True, cancel_futures=True)
         os.fsync(fd)
         return stats, verifier.finish(snapshot, check_cancelled)
+    except OSError as error:
+        raise naming(error, writer.image_tmp_path) from error
     finally:
         os.close(fd)
 

@@ -1,10 +1,13 @@
-"""Block-level file I/O: reading ranges whole, punching holes where data became zeros."""
+"""Block-level file I/O: reading and writing ranges whole, punching holes where data
+became zeros. A failed read or write raises OSError naming the offset it failed at (and
+the file, where the caller gives its path)."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import os
+from pathlib import Path
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -26,22 +29,48 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
         return
     error = ctypes.get_errno()
     if error not in (95, 22):  # EOPNOTSUPP, EINVAL: no hole punching here
-        raise OSError(error, os.strerror(error))
-    zeros = bytes(min(length, 1 << 20))
+        raise failed_at(OSError(error, os.strerror(error)), offset)
+    zeros = memoryview(bytes(min(length, 1 << 20)))
     while length > 0:
-        count = os.pwrite(fd, zeros[: min(length, len(zeros))], offset)
+        count = min(length, len(zeros))
+        write_all(fd, zeros[:count], offset)
         offset, length = offset + count, length - count
 
 
-def read_into(fd: int, view: memoryview, offset: int) -> int:
+def read_into(fd: int, view: memoryview, offset: int, path: Path | str | None = None) -> int:
     """Fill `view` from `offset`; returns how many bytes were read (fewer only at the end)."""
     done = 0
     while done < len(view):
-        count = os.preadv(fd, [view[done:]], offset + done)
+        try:
+            count = os.preadv(fd, [view[done:]], offset + done)
+        except OSError as error:
+            raise failed_at(error, offset + done, path) from error
         if count == 0:
             break
         done += count
     return done
+
+
+def write_all(fd: int, data: memoryview, offset: int, path: Path | str | None = None) -> None:
+    """Write all of `data` at `offset`."""
+    while data:
+        try:
+            written = os.pwrite(fd, data, offset)
+        except OSError as error:
+            raise failed_at(error, offset, path) from error
+        data, offset = data[written:], offset + written
+
+
+def failed_at(error: OSError, offset: int, path: Path | str | None = None) -> OSError:
+    """`error` of a read or write at `offset`, its text naming the offset; the file is
+    `path` if given, else whatever `error` named."""
+    name = str(path) if path is not None else error.filename
+    return OSError(error.errno, f"{error.strerror} at offset {offset}", name)
+
+
+def naming(error: OSError, path: Path | str) -> OSError:
+    """`error` naming the file `path` unless it names one already."""
+    return error if error.filename else OSError(error.errno, error.strerror, str(path))
 
 
 def start_writeback(fd: int) -> None:

@@ -3,7 +3,9 @@
 A new revision starts as a clone of its parent. On XFS (reflink=1) and btrfs that is
 an `ioctl(FICLONE)` and costs no space; elsewhere it is a copy that keeps holes
 (`SEEK_DATA`/`SEEK_HOLE` + `copy_file_range`), and a warning is logged once per
-filesystem. Nothing here fsyncs: the caller does once the file is complete.
+filesystem. Where `copy_file_range` fails, the rest is copied by reading and writing, so
+an error names the file (source or copy) and the offset. Nothing here fsyncs: the caller
+does once the file is complete.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+from lifeboat.blockio import read_into, write_all
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +72,7 @@ def sparse_copy(src: Path, dst: Path) -> None:
         )
         try:
             for start, end in data_extents(src_fd, stat.st_size):
-                _copy_range(src_fd, dst_fd, start, end)
+                _copy_range(src_fd, dst_fd, start, end, (src, dst))
             os.ftruncate(dst_fd, stat.st_size)
         finally:
             os.close(dst_fd)
@@ -99,7 +103,7 @@ def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
         offset = end
 
 
-def _copy_range(src_fd: int, dst_fd: int, start: int, end: int) -> None:
+def _copy_range(src_fd: int, dst_fd: int, start: int, end: int, paths: tuple[Path, Path]) -> None:
     offset = start
     while offset < end:
         count = min(_COPY_CHUNK, end - offset)
@@ -107,25 +111,27 @@ def _copy_range(src_fd: int, dst_fd: int, start: int, end: int) -> None:
             copied = os.copy_file_range(src_fd, dst_fd, count, offset, offset)
         except OSError as error:
             if error.errno not in _NO_COPY_FILE_RANGE_ERRNOS:
-                raise
-            _read_write_range(src_fd, dst_fd, offset, end)
+                # It tells neither where nor whether reading or writing failed: copying the
+                # rest again by reading and writing fails with both named (or succeeds).
+                log.warning("copy_file_range %s -> %s failed: %s", *paths, error.strerror)
+            _read_write_range(src_fd, dst_fd, offset, end, paths)
             return
         if copied == 0:  # the source shrank under us
             return
         offset += copied
 
 
-def _read_write_range(src_fd: int, dst_fd: int, start: int, end: int) -> None:
+def _read_write_range(
+    src_fd: int, dst_fd: int, start: int, end: int, paths: tuple[Path, Path]
+) -> None:
+    buffer = memoryview(bytearray(min(_COPY_CHUNK, end - start)))
     offset = start
     while offset < end:
-        chunk = os.pread(src_fd, min(_COPY_CHUNK, end - offset), offset)
-        if not chunk:
+        count = read_into(src_fd, buffer[: min(len(buffer), end - offset)], offset, paths[0])
+        if count == 0:  # the source shrank under us
             return
-        view = memoryview(chunk)
-        while view:
-            written = os.pwrite(dst_fd, view, offset)
-            view = view[written:]
-            offset += written
+        write_all(dst_fd, buffer[:count], offset, paths[1])
+        offset += count
 
 
 def clone_file(src: Path, dst: Path) -> bool:

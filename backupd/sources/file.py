@@ -35,7 +35,10 @@ class FileSnapshot(Snapshot):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
 
     def read_into(self, offset: int, buffer: memoryview) -> None:
-        done = blockio.read_into(self.fd, buffer, offset)
+        try:
+            done = blockio.read_into(self.fd, buffer, offset)
+        except OSError as error:  # its text names the offset
+            raise SourceError(f"{self.path}: cannot read source: {error.strerror}") from error
         if done < len(buffer):
             raise SourceError(
                 f"{self.path}: source shrank during the backup "
