@@ -14,6 +14,7 @@ from lifeboat.config import HostConfig
 from lifeboat.errors import LifeboatError, Unavailable
 from lifeboat.grpc_errors import error_for
 from lifeboat.security import ClientIdentity
+from lifeboat.sla import Damage
 from lifeboat.v1 import (
     backup_pb2,
     backup_pb2_grpc,
@@ -62,6 +63,7 @@ def job_observation(status: resources_pb2.JobStatus) -> JobObservation:
         bytes_used=status.bytes_used,
         backup_running=status.HasField("running_operation"),
         last_error=status.last_error,
+        damaged_revisions=tuple(Damage(r.id, r.damage) for r in status.damaged_revisions),
     )
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 
 from lifeboat.errors import FailedPrecondition, NotFound
@@ -30,10 +31,12 @@ from lifeboat.repository import (
     RevisionDamaged,
     RevisionMeta,
 )
+from lifeboat.v1 import backup_pb2, backup_pb2_grpc, resources_pb2, restore_pb2, restore_pb2_grpc
 from restored.worker import RestoreRequest, RestoreSettings, RestoreWorker, RevisionChoice
 from tests.support.harness import Harness
 from tests.support.images import flip_byte
 from tests.test_backupd_worker import job_for, source_file
+from tests.test_monitor_service import Fleet
 
 MiB = 1024 * 1024
 OTHER_ID = "20200101T000000Z-0000"
@@ -277,3 +280,83 @@ async def test_last_follows_distrust_by_a_restore(host: Host) -> None:
     assert failed.state == OperationState.FAILED and "distrusted" in failed.error
     assert host.last_link() == older.id
     assert host.backupd.worker.get_revision("vm-a", "last") == older
+
+
+# --- through the real daemons' gRPC ------------------------------------------------------
+
+
+async def test_damage_over_grpc_is_a_warning_of_one_job(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path)
+    try:
+        for host in ("backup01", "backup02"):
+            await fleet.start_backupd(host)
+            await fleet.start_restored(host)
+        await fleet.start_scheduler()
+        await fleet.start_monitor()
+        await check_damage_over_grpc(fleet)
+    finally:
+        await fleet.stop_all()
+
+
+async def check_damage_over_grpc(fleet: Fleet) -> None:
+    old = await fleet.backup("vm-web01")
+    newest = await fleet.backup("vm-web01")
+    await fleet.backup("vm-db01")
+    await fleet.backup("vm-mail")
+    rev = fleet.image("vm-web01", old.revision_id).with_suffix(".rev")
+    _replace_line(r"^size: \d+$", "size: big")(rev)
+    backup = backup_pb2_grpc.BackupServiceStub(fleet.channel("backup01.backupd"))
+    restore = restore_pb2_grpc.RestoreServiceStub(fleet.channel("backup01.restored"))
+
+    listed = await backup.ListRevisions(backup_pb2.ListRevisionsRequest(job="vm-web01"))
+    assert [r.id for r in listed.revisions] == [old.revision_id, newest.revision_id]
+    damaged, intact = listed.revisions
+    assert str(rev) in damaged.damage and "'size' must be int" in damaged.damage
+    assert not intact.damage and intact.trust == resources_pb2.TRUST_TRUSTED
+    statuses = await backup.ListJobStatuses(backup_pb2.ListJobStatusesRequest())
+    by_job = {s.job: s for s in statuses.statuses}
+    assert sorted(by_job) == ["vm-db01", "vm-web01"]
+    web = by_job["vm-web01"]
+    assert [r.id for r in web.damaged_revisions] == [old.revision_id]
+    assert web.last_good_revision.id == newest.revision_id
+    last = await backup.GetRevision(
+        backup_pb2.GetRevisionRequest(job="vm-web01", revision_id="last")
+    )
+    assert last.revision.id == newest.revision_id
+
+    # Restores: the damaged one is refused naming the file; "last" streams the newest.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await restore.StartRestore(
+            restore_pb2.StartRestoreRequest(
+                job="vm-web01", revision_id=old.revision_id, target="/nowhere/vm.raw"
+            )
+        )
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert str(rev) in (refused.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async for _ in restore.ReadRevision(
+            restore_pb2.ReadRevisionRequest(job="vm-web01", revision_id=old.revision_id)
+        ):
+            pass
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert str(rev) in (refused.value.details() or "")
+    data = bytearray()
+    async for piece in restore.ReadRevision(
+        restore_pb2.ReadRevisionRequest(job="vm-web01", revision_id="last")
+    ):
+        data[piece.offset : piece.offset + len(piece.data)] = piece.data
+    assert bytes(data) == (fleet.tmp_path / "vm-web01.raw").read_bytes()
+
+    # The monitor: a WARNING for that job only; the host's other job is fine.
+    await fleet.poll()
+    answer = await fleet.check(job="vm-web01")
+    assert (answer.state, answer.exit_code) == (resources_pb2.SLA_STATE_WARNING, 1)
+    assert f"revision {old.revision_id} damaged: {rev}: revision metadata" in answer.summary
+    assert (await fleet.check(job="vm-db01")).state == resources_pb2.SLA_STATE_OK
+
+    # The next backup of the job is fine, from the newest good revision.
+    following = await fleet.backup("vm-web01")
+    written = await backup.GetRevision(
+        backup_pb2.GetRevisionRequest(job="vm-web01", revision_id=following.revision_id)
+    )
+    assert written.revision.parent_id == newest.revision_id
