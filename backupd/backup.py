@@ -63,15 +63,11 @@ class WriteStats:
 
 
 def usable_parent(job_dir: JobDirectory) -> RevisionMeta | None:
-    """The newest revision, if it can be trusted as the base of a differential backup."""
-    newest = job_dir.last()
-    if newest is None or not newest.good:
-        return None
-    if newest.verification.get("state") == "failed":
-        return None
-    if not job_dir.image_path(newest.id).exists() or not job_dir.sums_path(newest.id).exists():
-        return None
-    return newest
+    """The newest revision that is not damaged, if it is good: the base of a differential
+    backup. A distrusted newest revision makes the backup full, since what made it
+    distrusted may lie in the stored copy of its own parent."""
+    newest = job_dir.listing().newest
+    return newest if newest is not None and newest.good else None
 
 
 def resized(manifest: Manifest, size: int) -> Manifest:

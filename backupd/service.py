@@ -9,7 +9,7 @@ import grpc
 from backupd.worker import BackupWorker, JobStatus
 from lifeboat import clock, convert
 from lifeboat.errors import InvalidArgument
-from lifeboat.repository import RevisionMeta
+from lifeboat.repository import Entry
 from lifeboat.v1 import backup_pb2 as pb
 from lifeboat.v1 import backup_pb2_grpc as pb_grpc
 from lifeboat.v1 import resources_pb2
@@ -25,9 +25,9 @@ class BackupServicer(pb_grpc.BackupServiceServicer):
     def __init__(self, worker: BackupWorker) -> None:
         self.worker = worker
 
-    def _revision(self, meta: RevisionMeta) -> resources_pb2.Revision:
-        path = self.worker.repository.job(meta.job).image_path(meta.id)
-        return convert.revision_to_pb(meta, str(path))
+    def _revision(self, entry: Entry) -> resources_pb2.Revision:
+        path = self.worker.repository.job(entry.job).image_path(entry.id)
+        return convert.entry_to_pb(entry, str(path))
 
     def _status(self, status: JobStatus) -> resources_pb2.JobStatus:
         message = resources_pb2.JobStatus(
@@ -45,6 +45,7 @@ class BackupServicer(pb_grpc.BackupServiceServicer):
             message.running_operation.CopyFrom(convert.operation_to_pb(status.running))
         for tag, when in status.last_tag_times.items():
             message.last_tag_times[tag].FromDatetime(when)
+        message.damaged_revisions.extend(self._revision(d) for d in status.damaged)
         return message
 
     async def StartBackup(
@@ -66,8 +67,8 @@ class BackupServicer(pb_grpc.BackupServiceServicer):
     async def GetRevision(
         self, request: pb.GetRevisionRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetRevisionResponse:
-        meta = self.worker.get_revision(_required(request.job, "job"), request.revision_id)
-        return pb.GetRevisionResponse(revision=self._revision(meta))
+        entry = self.worker.get_entry(_required(request.job, "job"), request.revision_id)
+        return pb.GetRevisionResponse(revision=self._revision(entry))
 
     async def DeleteRevision(
         self, request: pb.DeleteRevisionRequest, context: grpc.aio.ServicerContext

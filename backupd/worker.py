@@ -30,6 +30,7 @@ from lifeboat.config import load as load_config
 from lifeboat.errors import (
     Cancelled,
     ConfigError,
+    DataLoss,
     FailedPrecondition,
     InvalidArgument,
     LifeboatError,
@@ -41,9 +42,15 @@ from lifeboat.model import Job, Schedule
 from lifeboat.operations import OperationKind, OperationRecord, OperationRegistry, OperationState
 from lifeboat.repository import (
     DIR_MODE,
+    DISTRUSTED,
+    DamagedRevision,
+    Entry,
     JobDirectory,
     Repository,
+    RevisionListing,
     RevisionMeta,
+    geometry_mismatch,
+    manifest_problem,
     validate_job_name,
     validate_revision_id,
 )
@@ -77,13 +84,16 @@ class JobHealth:
 class JobStatus:
     job: str
     last_revision: RevisionMeta | None
+    """The newest revision that is not damaged."""
     last_good_revision: RevisionMeta | None
     running: OperationRecord | None
     last_error: str
     last_error_time: dt.datetime | None
     revision_count: int
+    """Every committed revision, damaged ones too."""
     bytes_used: int
     last_tag_times: dict[str, dt.datetime] = field(default_factory=dict)
+    damaged: list[DamagedRevision] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -137,6 +147,20 @@ def _check_tag(tag: str, schedule: Schedule | None, field_name: str) -> None:
             f"tag {clip(tag)} is neither a tag of schedule {schedule.name} "
             f"({', '.join(scheduled)}) nor {MANUAL}NAME",
         )
+
+
+def _manifest_of(job_dir: JobDirectory, meta: RevisionMeta) -> Manifest:
+    """The revision's manifest; DataLoss (naming the file) if it is missing, unreadable or
+    of another geometry than the revision."""
+    path = job_dir.sums_path(meta.id)
+    try:
+        manifest = Manifest.read(path)
+    except OSError as error:
+        raise DataLoss(f"{path}: {error.strerror or error}") from None
+    mismatch = geometry_mismatch(path, (manifest.block_size, manifest.size), meta)
+    if mismatch is not None:
+        raise DataLoss(mismatch)
+    return manifest
 
 
 def bytes_used(job_dir: JobDirectory) -> int:
@@ -395,20 +419,35 @@ class BackupWorker:
             raise NotFound(f"job {job!r} has no revisions on host {self.settings.host}")
         return job_dir
 
-    def list_revisions(self, job: str) -> list[RevisionMeta]:
-        return self._existing_job(job).revisions()
+    @staticmethod
+    def _listing(job_dir: JobDirectory) -> RevisionListing:
+        """The job's revisions; a stale `last` is repaired on the way (backupd writes)."""
+        listing = job_dir.listing()
+        job_dir.repair_last(listing)
+        return listing
 
-    def get_revision(self, job: str, revision_id: str) -> RevisionMeta:
+    def list_revisions(self, job: str) -> list[Entry]:
+        return self._listing(self._existing_job(job)).entries()
+
+    def get_entry(self, job: str, revision_id: str) -> Entry:
+        """A revision by id, intact or damaged, or "last" (the newest good revision)."""
         if not revision_id:
             raise InvalidArgument("revision_id", "required (an id or 'last')")
-        return self._existing_job(job).revision(revision_id)
+        return self._existing_job(job).entry(revision_id)
+
+    def get_revision(self, job: str, revision_id: str) -> RevisionMeta:
+        """As `get_entry`, but a damaged revision is FailedPrecondition."""
+        entry = self.get_entry(job, revision_id)
+        if isinstance(entry, DamagedRevision):
+            raise entry.error()
+        return entry
 
     def delete_revision(self, job: str, revision_id: str, confirm: str) -> None:
         if confirm != revision_id:
             raise InvalidArgument("confirm_revision_id", "must repeat revision_id exactly")
         validate_revision_id(revision_id)  # an id, never "last": that changes under a backup
         job_dir = self._existing_job(job)
-        meta = self.get_revision(job, revision_id)
+        meta = self.get_entry(job, revision_id)  # damaged ones may be deleted too
         with job_dir.lock(blocking=True):
             job_dir.delete(meta.id)
             job_dir.append_log(f"revision {meta.id} deleted on request")
@@ -440,14 +479,20 @@ class BackupWorker:
         return updated
 
     def start_verify(self, job: str, revision_id: str) -> OperationRecord:
-        meta = self.get_revision(job, revision_id or "last")
-        record = self.registry.create(OperationKind.VERIFY, job, revision_id=meta.id)
-        self._submit(record, self._run_verify, record, self._existing_job(job), meta.id)
+        entry = self.get_entry(job, revision_id or "last")
+        if isinstance(entry, DamagedRevision) and entry.meta is None:
+            raise entry.error()  # without a readable `.rev` there is nowhere to record it
+        record = self.registry.create(OperationKind.VERIFY, job, revision_id=entry.id)
+        self._submit(record, self._run_verify, record, self._existing_job(job), entry.id)
         return record
 
     def _run_verify(self, record: OperationRecord, job_dir: JobDirectory, revision_id: str) -> None:
-        meta = job_dir.revision(revision_id)
-        manifest = Manifest.read(job_dir.sums_path(meta.id))
+        meta = job_dir.metadata(revision_id)
+        try:
+            manifest = _manifest_of(job_dir, meta)
+        except DataLoss as problem:
+            self._distrust_unreadable(job_dir, meta.id, str(problem))
+            raise FailedPrecondition(f"{problem}: revision {meta.id} distrusted") from None
         self.registry.start(record, manifest.size)
         fd = os.open(job_dir.image_path(meta.id), os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -461,7 +506,7 @@ class BackupWorker:
         finally:
             os.close(fd)
         with job_dir.lock(blocking=True):
-            current = job_dir.revision(meta.id)
+            current = job_dir.metadata(meta.id)
             failed = result["state"] == "failed"
             job_dir.update(
                 replace(
@@ -475,6 +520,16 @@ class BackupWorker:
                 f"{result['mismatched-offsets']}: revision distrusted"
             )
 
+    @staticmethod
+    def _distrust_unreadable(job_dir: JobDirectory, revision_id: str, problem: str) -> None:
+        """Record that the revision's manifest cannot be used: a failed verification."""
+        with job_dir.lock(blocking=True):
+            current = job_dir.metadata(revision_id)
+            job_dir.update(
+                replace(current, trust=DISTRUSTED, verification=manifest_problem(problem))
+            )
+        job_dir.append_log(f"verify of {revision_id}: failed, revision distrusted: {problem}")
+
     # -- status ----------------------------------------------------------------------------
 
     def job_status(self, job: str) -> JobStatus:
@@ -482,23 +537,24 @@ class BackupWorker:
         # Running first: a backup that ends in between is then seen as written, never
         # as neither running nor written (which would make the scheduler start it again).
         running = self.registry.select(job=job, running_only=True, kind=OperationKind.BACKUP)
-        revisions = job_dir.revisions() if job_dir.path.is_dir() else []
+        exists = job_dir.path.is_dir()
+        listing = self._listing(job_dir) if exists else RevisionListing([], [])
         health = self.health.get(job, JobHealth())
         tag_times: dict[str, dt.datetime] = {}
-        for meta in revisions:
+        for meta in listing.revisions:
             for tag in meta.tags:
                 tag_times[tag] = max(tag_times.get(tag, meta.timestamp), meta.timestamp)
-        good = [r for r in revisions if r.good]
         return JobStatus(
             job=job,
-            last_revision=revisions[-1] if revisions else None,
-            last_good_revision=good[-1] if good else None,
+            last_revision=listing.newest,
+            last_good_revision=listing.last(),
             running=running[0] if running else None,
             last_error=health.last_error,
             last_error_time=health.last_error_time,
-            revision_count=len(revisions),
-            bytes_used=bytes_used(job_dir) if job_dir.path.is_dir() else 0,
+            revision_count=len(listing.revisions) + len(listing.damaged),
+            bytes_used=bytes_used(job_dir) if exists else 0,
             last_tag_times=tag_times,
+            damaged=listing.damaged,
         )
 
     def job_statuses(self) -> list[JobStatus]:
@@ -529,7 +585,7 @@ class BackupWorker:
         if self.registry.select(job=job, running_only=True):
             raise FailedPrecondition(f"job {job!r} has a running operation; cancel it first")
         with job_dir.lock(blocking=False):
-            count = len(job_dir.revisions())
+            count = len(job_dir.listing().entries())
             job_dir.append_log(f"all data of job {job} deleted on request ({count} revisions)")
             shutil.rmtree(job_dir.path)
         log.warning("deleted all data of job %s (%d revisions)", job, count)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
@@ -11,10 +11,8 @@ from lifeboat import bounds
 from lifeboat.errors import InvalidArgument
 from lifeboat.model import FileSource, Job, Source
 from lifeboat.operations import OperationKind, OperationRecord, OperationState
+from lifeboat.repository import DamagedRevision, RevisionMeta
 from lifeboat.v1 import resources_pb2 as pb
-
-if TYPE_CHECKING:
-    from lifeboat.repository import RevisionMeta
 
 _KIND_TO_PB = {
     OperationKind.BACKUP: pb.OPERATION_KIND_BACKUP,
@@ -183,3 +181,18 @@ def revision_to_pb(meta: RevisionMeta, path: str = "") -> pb.Revision:
         ),
         path=path,
     )
+
+
+def entry_to_pb(entry: RevisionMeta | DamagedRevision, path: str = "") -> pb.Revision:
+    """A revision as a reader found it; a damaged one carries `damage` and what its `.rev`
+    still says (only id, job and the time from its id when the `.rev` is damaged)."""
+    if isinstance(entry, RevisionMeta):
+        return revision_to_pb(entry, path)
+    if entry.meta is not None:
+        message = revision_to_pb(entry.meta, path)
+    else:
+        message = pb.Revision(
+            id=entry.id, job=entry.job, create_time=timestamp(entry.timestamp), path=path
+        )
+    message.damage = entry.reason
+    return message

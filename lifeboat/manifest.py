@@ -154,18 +154,8 @@ class Manifest:
     def read(cls, path: Path) -> Manifest:
         """Read a manifest; DataLoss if its header or length is wrong."""
         data = Path(path).read_bytes()
-        newline = data.find(b"\n", 0, _MAX_HEADER)
-        if newline < 0:
-            raise DataLoss(f"{path}: no manifest header line")
-        block_size, size = _parse_header(path, data[:newline])
-        digests = memoryview(data)[newline + 1 :]
-        expected = block_count(size, block_size) * DIGEST_SIZE
-        if len(digests) != expected:
-            raise DataLoss(
-                f"{path}: {len(digests)} bytes of digests, expected {expected} "
-                f"for {size} bytes in blocks of {block_size}"
-            )
-        return cls(block_size, size, bytes(digests))
+        block_size, size, start = _checked_header(path, data[:_MAX_HEADER], len(data))
+        return cls(block_size, size, data[start:])
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Manifest):
@@ -192,6 +182,37 @@ def _zero_digests(block_size: int, size: int) -> bytearray:
     if tail:
         digests += zero_digest(tail)
     return digests
+
+
+def read_geometry(path: Path) -> tuple[int, int]:
+    """(block size, size) of the manifest at `path`, reading only its header: DataLoss
+    (naming the file) if the header is wrong or the file does not hold exactly the
+    digests the header promises."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        head = os.pread(fd, _MAX_HEADER, 0)
+        length = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    block_size, size, _ = _checked_header(path, head, length)
+    return block_size, size
+
+
+def _checked_header(path: Path, head: bytes, length: int) -> tuple[int, int, int]:
+    """(block size, size, offset of the first digest) of a manifest of `length` bytes
+    that starts with `head`."""
+    newline = head.find(b"\n")
+    if newline < 0:
+        raise DataLoss(f"{path}: no manifest header line")
+    block_size, size = _parse_header(path, head[:newline])
+    digests = length - newline - 1
+    expected = block_count(size, block_size) * DIGEST_SIZE
+    if digests != expected:
+        raise DataLoss(
+            f"{path}: {digests} bytes of digests, expected {expected} "
+            f"for {size} bytes in blocks of {block_size}"
+        )
+    return block_size, size, newline + 1
 
 
 def _parse_header(path: Path, line: bytes) -> tuple[int, int]:

@@ -4,6 +4,11 @@ This module implements "On-disk format (the repository)" of ARCHITECTURE.md. Eve
 change to a job directory happens under its `.lock` (the `lock()` context manager of
 one `JobDirectory` object); readers need no lock and only ever see revisions with a
 `.rev` file. Revision ids sort by age, so "newest" means "greatest id" throughout.
+
+A committed revision whose `.rev`, `.sums` or image cannot be read or do not agree is
+*damaged*: readers list it as such (`DamagedRevision`, with a one-line reason naming the
+file) and go on with the others; it is never a parent, never `last`, never restored.
+`newest_good` alone decides what `last` means.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +41,7 @@ from lifeboat.errors import (
     NotFound,
     ResourceExhausted,
 )
-from lifeboat.manifest import ALGORITHM, DEFAULT_BLOCK_SIZE, Manifest
+from lifeboat.manifest import ALGORITHM, DEFAULT_BLOCK_SIZE, Manifest, read_geometry
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +106,10 @@ class RevisionMeta:
 
     @property
     def good(self) -> bool:
-        """Complete (it has a `.rev`) and not distrusted."""
-        return self.trust == TRUSTED
+        """Complete (it has a `.rev`) and not distrusted; a failed verification distrusts
+        it whatever `trust` says. (Whether its files are intact is the listing's business:
+        a damaged revision is a `DamagedRevision`.)"""
+        return self.trust == TRUSTED and self.verification.get("state") != "failed"
 
     def to_yaml(self) -> str:
         document = {
@@ -202,6 +210,134 @@ def _trust(value: object) -> str:
     return str(value)
 
 
+def geometry_mismatch(sums: Path, geometry: tuple[int, int], meta: RevisionMeta) -> str | None:
+    """Why a manifest of (block size, size) `geometry` is not the revision's; None if it
+    fits."""
+    block_size, size = geometry
+    if (block_size, size) == (meta.block_size, meta.size):
+        return None
+    return (
+        f"{sums}: covers {size} bytes in blocks of {block_size}, "
+        f"the revision {meta.size} bytes in blocks of {meta.block_size}"
+    )
+
+
+def manifest_problem(problem: str) -> dict[str, Any]:
+    """The verification record of a revision whose manifest cannot be used: failed,
+    nothing compared, and why."""
+    return {
+        "state": "failed",
+        "against": "manifest",
+        "blocks-checked": 0,
+        "blocks-total": 0,
+        "mismatched-offsets": [],
+        "problem": problem,
+        "time": clock.now(),
+    }
+
+
+# --- damage ---------------------------------------------------------------------------
+
+MAX_REASON = 300
+"""Characters of a damage reason kept: a damaged file may hold anything."""
+
+
+class RevisionDamaged(FailedPrecondition):
+    """A revision asked for by id is damaged: it cannot be used (restored, rewritten)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DamagedRevision:
+    """A committed revision (it has a `.rev`) whose `.rev`, `.sums` or image cannot be
+    read or do not agree. `reason` is one line naming `file`, the file at fault; `meta` is
+    the `.rev`'s content when only the manifest or the image is damaged."""
+
+    id: str
+    job: str
+    reason: str
+    file: Path
+    meta: RevisionMeta | None = None
+
+    @property
+    def timestamp(self) -> dt.datetime:
+        """When it was made, as its id says."""
+        stamp = dt.datetime.strptime(self.id[:16], _ID_TIME_FORMAT)
+        return stamp.replace(tzinfo=dt.UTC)
+
+    def error(self) -> RevisionDamaged:
+        return RevisionDamaged(f"revision {self.id} of job {self.job} is damaged: {self.reason}")
+
+
+def _one_line(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= MAX_REASON else f"{line[:MAX_REASON]}..."
+
+
+class _DamageReports:
+    """Which damage this process has written to a job's log, so that each is logged once
+    however often it is read: keyed by the file at fault, its modification time and size
+    (a file damaged again is reported again)."""
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[str, int, int]] = set()
+        self._lock = threading.Lock()
+
+    def first_time(self, damaged: DamagedRevision) -> bool:
+        try:
+            info = os.stat(damaged.file)
+            key = (str(damaged.file), info.st_mtime_ns, info.st_size)
+        except OSError:
+            key = (str(damaged.file), -1, -1)
+        with self._lock:
+            if key in self._seen:
+                return False
+            self._seen.add(key)
+            return True
+
+
+_DAMAGE_REPORTS = _DamageReports()
+
+Entry = RevisionMeta | DamagedRevision
+"""A committed revision as a reader finds it: intact, or damaged."""
+
+
+def newest_good(
+    newest_first: Iterable[Entry], tag: str = "", excluded: Collection[str] = ()
+) -> RevisionMeta | None:
+    """What `last` means: the newest good revision (complete, not distrusted, not
+    damaged) of `newest_first`, carrying `tag` if one is given, whose id is not in
+    `excluded`. Stops at the first match, so a lazy iterable is read only that far."""
+    for entry in newest_first:
+        if (
+            isinstance(entry, RevisionMeta)
+            and entry.good
+            and (not tag or tag in entry.tags)
+            and entry.id not in excluded
+        ):
+            return entry
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class RevisionListing:
+    """Every committed revision of a job, oldest first: the intact ones and the damaged."""
+
+    revisions: list[RevisionMeta]
+    damaged: list[DamagedRevision]
+
+    def entries(self) -> list[Entry]:
+        """Intact and damaged revisions together, oldest first."""
+        return sorted([*self.revisions, *self.damaged], key=lambda entry: entry.id)
+
+    @property
+    def newest(self) -> RevisionMeta | None:
+        """The newest revision that is not damaged, good or not."""
+        return self.revisions[-1] if self.revisions else None
+
+    def last(self, tag: str = "") -> RevisionMeta | None:
+        return newest_good(reversed(self.revisions), tag)
+
+
 # --- small file-system helpers --------------------------------------------------------
 
 
@@ -260,6 +396,11 @@ def _unlink(path: Path) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def _links_to(revision_id: str | None) -> tuple[str | None, str | None]:
+    """What `last` and `last.rev` hold when they point at `revision_id` (None: no links)."""
+    return (revision_id, f"{revision_id}.rev") if revision_id else (None, None)
 
 
 def _readlink(path: Path) -> str | None:
@@ -352,29 +493,51 @@ class JobDirectory:
 
     # reading (no lock needed)
 
+    def listing(self) -> RevisionListing:
+        """The committed revisions (those with a `.rev`), intact and damaged, oldest first.
+        Damage found is written to the job's log once."""
+        entries = list(self._entries(self._committed_ids()))
+        return RevisionListing(
+            [e for e in entries if isinstance(e, RevisionMeta)],
+            [e for e in entries if isinstance(e, DamagedRevision)],
+        )
+
     def revisions(self) -> list[RevisionMeta]:
-        """The committed revisions (those with a `.rev`), oldest first."""
-        revisions = []
-        for revision_id in self._committed_ids():
-            with contextlib.suppress(NotFound):  # deleted since we listed it
-                revisions.append(self._read_meta(revision_id))
-        return revisions
+        """The committed revisions that are not damaged, oldest first."""
+        return self.listing().revisions
+
+    def entry(self, revision_id: str) -> Entry:
+        """The committed revision `revision_id`, intact or damaged; for "last", the
+        newest good revision (NotFound if there is none)."""
+        if revision_id == LAST:
+            last = self.last()
+            if last is None:
+                raise NotFound(f"job {self.name} has no good revision")
+            return last
+        return self._report(self._inspect(validate_revision_id(revision_id)))
 
     def revision(self, revision_id: str) -> RevisionMeta:
-        """The committed revision `revision_id`, or the one `last` points at for "last"."""
-        if revision_id == LAST:
-            newest = self._last_target() or self._newest_committed_id()
-            if newest is None:
-                raise NotFound(f"job {self.name} has no revisions")
-            revision_id = newest
-        return self._read_meta(validate_revision_id(revision_id))
+        """The committed revision `revision_id` (or "last"); RevisionDamaged
+        (FailedPrecondition, naming the file) when it is damaged."""
+        entry = self.entry(revision_id)
+        if isinstance(entry, DamagedRevision):
+            raise entry.error()
+        return entry
 
-    def last(self) -> RevisionMeta | None:
-        """The revision `last` points at (the newest), or None if there is none."""
-        try:
-            return self.revision(LAST)
-        except NotFound:
-            return None
+    def metadata(self, revision_id: str) -> RevisionMeta:
+        """The `.rev` of committed revision `revision_id` alone, to rewrite it: a revision
+        whose manifest or image is damaged can still be distrusted. RevisionDamaged when
+        the `.rev` itself is."""
+        entry = self._read_meta(validate_revision_id(revision_id))
+        if isinstance(entry, DamagedRevision):
+            self._report(entry)
+            raise entry.error()
+        return entry
+
+    def last(self, tag: str = "", excluded: Collection[str] = ()) -> RevisionMeta | None:
+        """The newest good revision (`newest_good`), or None. Reads revisions newest first
+        and only until it finds one."""
+        return newest_good(self._entries(reversed(self._committed_ids())), tag, excluded)
 
     def read_job_file(self) -> dict[str, Any] | None:
         try:
@@ -416,7 +579,8 @@ class JobDirectory:
     # writing (under the lock)
 
     def recover(self) -> list[str]:
-        """Remove what an interrupted writer left behind and re-point a stale `last`.
+        """Remove what an interrupted writer left behind and re-point a stale `last` (at
+        the newest good revision).
 
         Removes `.*.tmp` files and images or manifests without a `.rev`; returns the
         names removed.
@@ -433,10 +597,21 @@ class JobDirectory:
         if removed:
             _fsync_dir(self.path)
             log.info("job %s: removed leftovers %s", self.name, ", ".join(removed))
-        if not self._last_is_current():
-            log.info("job %s: re-pointing last at %s", self.name, self._newest_committed_id())
-            self._point_last()
+        self._repoint_stale_last()
         return removed
+
+    def repair_last(self, listing: RevisionListing) -> bool:
+        """Re-point `last` if it does not name `listing`'s newest good revision: under the
+        job's lock, taken without waiting (a writer holding it re-points `last` itself).
+        For the writer's read paths; True if it re-pointed."""
+        last = listing.last()
+        if self._last_links() == _links_to(last.id if last else None):
+            return False
+        try:
+            with self.lock(blocking=False):
+                return self._repoint_stale_last()
+        except FailedPrecondition:
+            return False
 
     def make_private(self) -> int:
         """Take group and other permissions off the directory and its files (a repository
@@ -471,6 +646,11 @@ class JobDirectory:
         with _space_errors():
             self._write_rev(meta)
             _fsync_dir(self.path)
+            pointed = self._last_links()[0]
+            # Tags change no revision's goodness: only a revision no longer good, or a
+            # good one newer than `last`, can move it.
+            if not meta.good or pointed is None or meta.id > pointed:
+                self._point_last()
 
     def delete(self, revision_id: str) -> None:
         """Uncommit (remove `.rev`), then remove the image and manifest; re-point `last`."""
@@ -480,7 +660,8 @@ class JobDirectory:
         _fsync_dir(self.path)
         _unlink(self.image_path(revision_id))
         _unlink(self.sums_path(revision_id))
-        self._point_last()
+        if self._last_links()[0] in (revision_id, None):
+            self._point_last()
 
     def append_log(self, message: str) -> None:
         """Append `ISO-timestamp message` as one line to the job's log."""
@@ -561,41 +742,126 @@ class JobDirectory:
         committed = self._committed_ids()
         return committed[-1] if committed else None
 
-    def _last_target(self) -> str | None:
-        target = _readlink(self.path / LAST)
-        if target and REVISION_ID.fullmatch(target) and self.rev_path(target).exists():
-            return target
-        return None
+    def _last_links(self) -> tuple[str | None, str | None]:
+        return _readlink(self.path / LAST), _readlink(self.path / LAST_REV)
 
-    def _last_is_current(self) -> bool:
-        newest = self._newest_committed_id()
-        expected = (newest, f"{newest}.rev") if newest else (None, None)
-        return (_readlink(self.path / LAST), _readlink(self.path / LAST_REV)) == expected
+    def _point_last(self) -> bool:
+        """Point `last`/`last.rev` at the newest good revision (remove them if there is
+        none) unless they already do; True if they changed. Needs the lock."""
+        last = self.last()
+        return self._point_last_at(last.id if last else None)
 
-    def _point_last(self) -> None:
-        """Point `last`/`last.rev` at the newest committed revision (remove them if none)."""
-        newest = self._newest_committed_id()
-        if newest is None:
+    def _point_last_at(self, newest_good_id: str | None) -> bool:
+        self._require_lock("pointing last")
+        if self._last_links() == _links_to(newest_good_id):
+            return False
+        if newest_good_id is None:
             _unlink(self.path / LAST)
             _unlink(self.path / LAST_REV)
         else:
-            _replace_symlink(self.path, LAST, newest)
-            _replace_symlink(self.path, LAST_REV, f"{newest}.rev")
+            _replace_symlink(self.path, LAST, newest_good_id)
+            _replace_symlink(self.path, LAST_REV, f"{newest_good_id}.rev")
         _fsync_dir(self.path)
+        return True
 
-    def _read_meta(self, revision_id: str) -> RevisionMeta:
+    def _repoint_stale_last(self) -> bool:
+        before = self._last_links()[0]
+        if not self._point_last():
+            return False
+        after = self._last_links()[0]
+        log.info("job %s: re-pointed a stale last at %s (was %s)", self.name, after, before)
+        return True
+
+    def _entries(self, revision_ids: Iterable[str]) -> Iterator[Entry]:
+        """The revisions `revision_ids` as found (those deleted meanwhile left out), each
+        damaged one reported."""
+        for revision_id in revision_ids:
+            try:
+                entry = self._inspect(revision_id)
+            except NotFound:  # deleted since we listed it
+                continue
+            yield self._report(entry)
+
+    def _report(self, entry: Entry) -> Entry:
+        """Write damage to the job's log (and the daemon's) the first time it is seen; a
+        log that cannot be written never fails a read."""
+        if isinstance(entry, DamagedRevision) and _DAMAGE_REPORTS.first_time(entry):
+            message = f"revision {entry.id} damaged: {entry.reason}"
+            log.warning("job %s: %s", self.name, message)
+            try:
+                self.append_log_if_present(message)
+            except OSError as error:
+                log.warning("job %s: cannot append to the log: %s", self.name, error)
+        return entry
+
+    def _inspect(self, revision_id: str) -> Entry:
+        """A committed revision, intact or damaged; NotFound if it has no `.rev` (any more)."""
+        meta = self._read_meta(revision_id)
+        if isinstance(meta, DamagedRevision):
+            return meta
+        problem = self._files_problem(meta)
+        if problem is None:
+            return meta
+        if not self.rev_path(revision_id).exists():  # deleted: `.rev` goes first
+            raise NotFound(f"job {self.name}: no revision {revision_id}")
+        file, reason = problem
+        return DamagedRevision(revision_id, self.name, _one_line(reason), file, meta)
+
+    def _read_meta(self, revision_id: str) -> RevisionMeta | DamagedRevision:
+        """The `.rev` parsed, or why it cannot be; NotFound if there is none."""
         path = self.rev_path(revision_id)
         try:
-            text = path.read_text()
+            data = path.read_bytes()
         except FileNotFoundError:
             raise NotFound(f"job {self.name}: no revision {revision_id}") from None
+        except OSError as error:
+            problem = error.strerror or str(error)
+        else:
+            try:
+                return self._parse_meta(revision_id, data)
+            except DataLoss as error:
+                problem = str(error)
+        return DamagedRevision(revision_id, self.name, _one_line(f"{path}: {problem}"), path)
+
+    def _parse_meta(self, revision_id: str, data: bytes) -> RevisionMeta:
+        """The `.rev` of `revision_id` from its bytes; DataLoss saying what is wrong."""
+        if not data.strip():
+            raise DataLoss("empty")
         try:
-            meta = RevisionMeta.from_yaml(text)
-        except DataLoss as error:
-            raise DataLoss(f"{path}: {error}") from error
+            text = data.decode()
+        except UnicodeDecodeError:
+            raise DataLoss("not UTF-8 text") from None
+        meta = RevisionMeta.from_yaml(text)
         if meta.id != revision_id:
-            raise DataLoss(f"{path}: metadata is of revision {meta.id!r}")
+            raise DataLoss(f"metadata is of revision {clip(meta.id)}")
+        if meta.job != self.name:
+            raise DataLoss(f"metadata is of job {clip(meta.job)}")
+        if meta.checksum != ALGORITHM:
+            raise DataLoss(f"checksum {clip(meta.checksum)} is not supported")
         return meta
+
+    def _files_problem(self, meta: RevisionMeta) -> tuple[Path, str] | None:
+        """Which file of an intact `.rev`'s revision is damaged, and how; None if none is.
+        Reads only the manifest's header and the image's size."""
+        sums, image = self.sums_path(meta.id), self.image_path(meta.id)
+        try:
+            geometry = read_geometry(sums)
+        except DataLoss as error:
+            return sums, str(error)
+        except OSError as error:
+            return sums, f"{sums}: {error.strerror or error}"
+        mismatch = geometry_mismatch(sums, geometry, meta)
+        if mismatch is not None:
+            return sums, mismatch
+        try:
+            info = os.lstat(image)
+        except OSError as error:
+            return image, f"{image}: {error.strerror or error}"
+        if not stat.S_ISREG(info.st_mode):
+            return image, f"{image}: not a regular file"
+        if info.st_size != meta.size:
+            return image, f"{image}: {info.st_size} bytes, the revision {meta.size}"
+        return None
 
     def _write_rev(self, meta: RevisionMeta) -> None:
         """Write `.<id>.rev.tmp`, fsync it, rename it to `<id>.rev` (no directory fsync)."""
@@ -697,7 +963,10 @@ class RevisionWriter:
             step("fsync-dir")
             _fsync_dir(job.path)
             step("update-last")
-            job._point_last()
+            if meta.good and meta.id == job._newest_committed_id():
+                job._point_last_at(meta.id)  # no need to read the others
+            else:
+                job._point_last()
             step("done")
         return meta
 

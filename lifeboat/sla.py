@@ -12,8 +12,9 @@ Pure functions: no I/O and no clock reads; `now` is always a parameter.
 3. Last good revision older than the window (``sla_factor * smallest
    interval``) ⇒ CRITICAL "last good 2d3h ago". A running backup does not
    hide this.
-4. Newest revision distrusted, verification failed, a running restore's ETA or
-   the predicted restore time beyond `restore_within` ⇒ WARNING.
+4. Newest revision distrusted, verification failed, a damaged revision (its
+   files cannot be read or do not agree), a running restore's ETA or the
+   predicted restore time beyond `restore_within` ⇒ WARNING.
 5. Otherwise OK.
 """
 
@@ -23,6 +24,7 @@ import datetime as dt
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from lifeboat.model import Schedule
 from lifeboat.schedule import next_slot
@@ -56,6 +58,13 @@ def worst(states: Iterable[SlaState]) -> SlaState:
     return max(states, key=_SEVERITY.__getitem__, default=SlaState.OK)
 
 
+class Damage(NamedTuple):
+    """A damaged revision of the job and why (one line naming the file)."""
+
+    revision_id: str
+    reason: str
+
+
 @dataclass(frozen=True, kw_only=True)
 class JobFacts:
     """What the monitor knows about one job.
@@ -63,6 +72,7 @@ class JobFacts:
     `known_since`: when the job was first seen (config or monitor).
     `last_good_time`: timestamp of the newest good revision; None if there is none.
     `data_age`: age of the data we have about the host; None if we have none.
+    `damaged_revisions`: the job's damaged revisions, oldest first.
     """
 
     schedule: Schedule
@@ -76,6 +86,7 @@ class JobFacts:
     host_reachable: bool = True
     running_restore_eta: dt.timedelta | None = None
     predicted_restore: dt.timedelta | None = None
+    damaged_revisions: tuple[Damage, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,10 @@ def _warnings(facts: JobFacts) -> list[str]:
         found.append("newest revision distrusted")
     if facts.verification_failed:
         found.append("verification failed")
+    if facts.damaged_revisions:
+        first, *more = facts.damaged_revisions
+        others = f" (and {len(more)} more damaged revisions)" if more else ""
+        found.append(f"revision {first.revision_id} damaged: {first.reason}{others}")
     limit = facts.restore_within
     if limit is not None:
         eta, predicted = facts.running_restore_eta, facts.predicted_restore

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from lifeboat.sla import Damage
+
 
 @dataclass(frozen=True)
 class JobObservation:
@@ -24,6 +26,7 @@ class JobObservation:
     bytes_used: int = 0
     backup_running: bool = False
     last_error: str = ""
+    damaged_revisions: tuple[Damage, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,7 @@ def job_facts(
         host_reachable=not host.backupd.error,
         running_restore_eta=max(projected, default=None),
         predicted_restore=restored.predicted.get(job.name) if restored else None,
+        damaged_revisions=seen.damaged_revisions if seen else (),
     )
     return facts, seen
 

@@ -11,6 +11,7 @@ import grpc
 from lifeboat import client, clock, convert
 from lifeboat.config import HostConfig
 from lifeboat.security import ClientIdentity
+from lifeboat.sla import Damage
 from lifeboat.v1 import (
     backup_pb2,
     backup_pb2_grpc,
@@ -50,6 +51,7 @@ def job_observation(status: resources_pb2.JobStatus) -> JobObservation:
         bytes_used=status.bytes_used,
         backup_running=status.HasField("running_operation"),
         last_error=status.last_error,
+        damaged_revisions=tuple(Damage(r.id, r.damage) for r in status.damaged_revisions),
     )
 
 

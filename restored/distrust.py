@@ -1,4 +1,5 @@
-"""Marking a revision distrusted when a restore finds it does not match its manifest.
+"""Marking a revision distrusted when a restore finds it does not match its manifest,
+or finds a manifest (or image) it cannot use at all.
 
 Rewriting `.rev` needs the job's lock, which a running backup of that job may hold
 for a long time. A failing restore never waits for it: it tries once, and if the lock
@@ -12,10 +13,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from typing import Any
 
 from lifeboat import clock
 from lifeboat.errors import FailedPrecondition, LifeboatError, NotFound
-from lifeboat.repository import DISTRUSTED, JobDirectory, Repository
+from lifeboat.repository import (
+    DISTRUSTED,
+    JobDirectory,
+    Repository,
+    RevisionDamaged,
+    manifest_problem,
+)
 
 log = logging.getLogger("lifeboat.restored")
 
@@ -24,11 +32,28 @@ RETRY_INTERVAL = 5.0
 
 @dataclasses.dataclass(frozen=True)
 class Finding:
+    """Blocks at `offsets` do not match the manifest, or (`problem`) the manifest or the
+    image cannot be used at all."""
+
     job: str
     revision_id: str
     offsets: tuple[int, ...]
     blocks_checked: int
     blocks_total: int
+    problem: str = ""
+
+    def verification(self) -> dict[str, Any]:
+        """The failed verification the revision's `.rev` records."""
+        if self.problem:
+            return manifest_problem(self.problem)
+        return {
+            "state": "failed",
+            "against": "manifest",
+            "blocks-checked": self.blocks_checked,
+            "blocks-total": self.blocks_total,
+            "mismatched-offsets": list(self.offsets),
+            "time": clock.now(),
+        }
 
 
 def append_log(job_dir: JobDirectory, message: str) -> None:
@@ -54,11 +79,12 @@ class Distruster:
 
         Returns how it went, for the restore's error message.
         """
-        append_log(
-            self.repository.job(finding.job),
-            f"restore found revision {finding.revision_id} not matching its manifest at "
-            f"block offsets {list(finding.offsets)}",
-        )
+        if not finding.problem:  # damage is logged where it is found (lifeboat.repository)
+            append_log(
+                self.repository.job(finding.job),
+                f"restore found revision {finding.revision_id} not matching its manifest at "
+                f"block offsets {list(finding.offsets)}",
+            )
         if self._try(finding):
             return "revision distrusted"
         with self._lock:
@@ -76,6 +102,11 @@ class Distruster:
         with self._lock:
             return (job, revision_id) in self._pending
 
+    def pending_ids(self, job: str) -> set[str]:
+        """The revisions of `job` waiting to be marked distrusted."""
+        with self._lock:
+            return {revision for name, revision in self._pending if name == job}
+
     def pending(self) -> list[Finding]:
         with self._lock:
             return list(self._pending.values())
@@ -85,22 +116,18 @@ class Distruster:
         job_dir = self.repository.job(finding.job)  # a fresh object: its lock is its own
         try:
             with job_dir.lock(blocking=False):
-                meta = job_dir.revision(finding.revision_id)
+                meta = job_dir.metadata(finding.revision_id)
                 job_dir.update(
-                    dataclasses.replace(
-                        meta,
-                        trust=DISTRUSTED,
-                        verification={
-                            "state": "failed",
-                            "against": "manifest",
-                            "blocks-checked": finding.blocks_checked,
-                            "blocks-total": finding.blocks_total,
-                            "mismatched-offsets": list(finding.offsets),
-                            "time": clock.now(),
-                        },
-                    )
+                    dataclasses.replace(meta, trust=DISTRUSTED, verification=finding.verification())
                 )
-        except FailedPrecondition:
+        except RevisionDamaged:
+            log.warning(
+                "revision %s of %s: its .rev cannot be read; nothing to distrust",
+                finding.revision_id,
+                finding.job,
+            )
+            return True
+        except FailedPrecondition:  # the lock is busy
             return False
         except NotFound:
             log.info(

@@ -32,8 +32,10 @@ from lifeboat.operations import OperationKind, OperationRecord, OperationRegistr
 from lifeboat.repository import (
     LAST,
     REVISION_ID,
+    DamagedRevision,
     JobDirectory,
     Repository,
+    RevisionDamaged,
     RevisionMeta,
     validate_job_name,
 )
@@ -147,21 +149,30 @@ class RestoreWorker:
                 raise InvalidArgument(
                     "revision_id", f"{clip(choice.revision_id)} is not a revision id"
                 )
-            meta = job_dir.revision(choice.revision_id)
+            meta = job_dir.entry(choice.revision_id)
+            if isinstance(meta, DamagedRevision):
+                raise self._refuse_damaged(meta)
             if not self._good(meta):
                 raise FailedPrecondition(
                     f"revision {meta.id} of job {job_dir.name} is distrusted; restore another "
                     "revision (its raw image can still be copied by hand)"
                 )
             return meta
-        good = [m for m in job_dir.revisions() if self._good(m)]
-        if choice.tag:
-            good = [m for m in good if choice.tag in m.tags]
-            if not good:
-                raise NotFound(f"job {job_dir.name} has no good revision tagged {clip(choice.tag)}")
-        elif not good:
+        last = job_dir.last(choice.tag, self.distruster.pending_ids(job_dir.name))
+        if last is None and choice.tag:
+            raise NotFound(f"job {job_dir.name} has no good revision tagged {clip(choice.tag)}")
+        if last is None:
             raise NotFound(f"job {job_dir.name} has no good revision")
-        return good[-1]
+        return last
+
+    def _refuse_damaged(self, damaged: DamagedRevision) -> RevisionDamaged:
+        """Why a damaged revision is not restored; one whose manifest or image is damaged
+        is distrusted like any other mismatch (its `.rev` records it)."""
+        error = damaged.error()
+        if damaged.meta is None or not self._good(damaged.meta):
+            return error
+        finding = Finding(damaged.job, damaged.id, (), 0, 0, problem=damaged.reason)
+        return RevisionDamaged(f"{error}: {self.distruster.distrust(finding)}")
 
     def _restore_within(self, job: str, requested: dt.timedelta | None) -> dt.timedelta | None:
         if requested is not None:
@@ -394,8 +405,7 @@ class RestoreWorker:
     def _estimate(self, job: str) -> RestoreEstimate:
         restore_within = self._restore_within(job, None)
         job_dir = self.repository.job(job)
-        good = [m for m in job_dir.revisions() if self._good(m)] if job_dir.exists() else []
-        meta = good[-1] if good else None
+        meta = job_dir.last(excluded=self.distruster.pending_ids(job)) if job_dir.exists() else None
         data_bytes = _data_bytes(job_dir, meta) if meta else 0
         predicted = self.meter.predict(data_bytes) if meta else None
         if restore_within is None:

@@ -61,6 +61,17 @@ def test_backup_revisions_verify(tmp_path: Path, transport: Transport) -> None:
         assert verified.returncode == 0, verified.stderr
         assert f"succeeded revision {revision_id}" in verified.stdout
 
+        again = lifeboat(config, "backup", "vm-a", "--tag", "daily", "--wait")
+        assert again.returncode == 0, again.stderr
+        rev = tmp_path / "repo" / "vm-a" / f"{revision_id}.rev"
+        rev.write_bytes(b"")
+        damaged = lifeboat(config, "revisions", "vm-a")
+        assert damaged.returncode == 0, damaged.stderr
+        _, first, second, reason = damaged.stdout.splitlines()
+        assert first.split()[0] == revision_id and first.split()[-2:] == ["damaged", "?"]
+        assert "trusted" in second
+        assert reason == f"revision {revision_id} damaged: {rev}: empty"
+
         unknown = lifeboat(config, "revisions", "vm-nope")
         assert unknown.returncode == 1
         assert "no job named 'vm-nope'" in unknown.stderr

@@ -135,7 +135,9 @@ async def test_verification_mismatch_distrusts_and_forces_full(tmp_path: Path) -
     assert bad.verification["state"] == "failed"
     assert bad.verification["mismatched-offsets"] == [5 * MiB]
     assert bad.verification["checked-blocks"] == [[0, 8 * MiB // 16384]]
-    assert harness.worker.get_revision("vm-a", "last").id == bad.id
+    # `last` is the newest good revision: never the distrusted one, on disk or asked for.
+    assert harness.worker.get_revision("vm-a", "last").id == first.revision_id
+    assert os.readlink(tmp_path / "repo" / "vm-a" / "last") == first.revision_id
     status = harness.worker.job_status("vm-a")
     assert (
         status.last_good_revision is not None and status.last_good_revision.id == first.revision_id

@@ -11,7 +11,7 @@ import pytest
 
 from lifeboat.config import Config, parse
 from lifeboat.errors import NotFound
-from lifeboat.sla import SlaState
+from lifeboat.sla import Damage, SlaState
 from monitor import metrics
 from monitor.observations import (
     BackupdObservation,
@@ -136,6 +136,22 @@ def unreachable(polled: Polled[Any], error: str = "connection refused") -> Polle
             "never backed up",
             "never",
             id="not-listed-by-backupd-is-never-backed-up",
+        ),
+        pytest.param(
+            one_job(
+                backupd(
+                    good(
+                        "vm-web01",
+                        damaged_revisions=(
+                            Damage("20261120T010000Z-0001", "/srv/vm-web01/x.rev: empty"),
+                        ),
+                    )
+                )
+            ),
+            SlaState.WARNING,
+            "revision 20261120T010000Z-0001 damaged: /srv/vm-web01/x.rev: empty",
+            "revision 20261120T010000Z-0001 damaged: /srv/vm-web01/x.rev: empty",
+            id="damaged-revision",
         ),
         pytest.param(
             one_job(backupd(), known_since=NOW - 10 * M),

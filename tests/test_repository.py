@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ from lifeboat.repository import (
     STEPS,
     JobDirectory,
     Repository,
+    RevisionDamaged,
     RevisionMeta,
 )
 
@@ -265,11 +267,11 @@ def test_broken_meta_is_data_loss(case: str) -> None:
         RevisionMeta.from_yaml(BROKEN_META[case])
 
 
-def test_a_corrupt_rev_file_is_data_loss_naming_it(job: JobDirectory) -> None:
+def test_a_corrupt_rev_file_is_damage_naming_it(job: JobDirectory) -> None:
     with job.lock():
         first = commit_revision(job, FIRST_WRITES)
     job.rev_path(first.id).write_text("id: [")
-    with pytest.raises(DataLoss, match=str(job.rev_path(first.id))):
+    with pytest.raises(RevisionDamaged, match=str(job.rev_path(first.id))):
         job.revision(first.id)
 
 
@@ -343,9 +345,7 @@ def test_readers_never_see_a_revision_before_its_rev(job: JobDirectory) -> None:
     seen: dict[str, tuple[list[str], str]] = {}
 
     def observe(step: str) -> None:
-        last = reader.last()
-        assert last is not None
-        seen[step] = ([meta.id for meta in reader.revisions()], last.id)
+        seen[step] = ([meta.id for meta in reader.revisions()], link(reader, "last") or "")
 
     with job.lock():
         first = commit_revision(job, FIRST_WRITES)
@@ -551,6 +551,44 @@ def test_delete_keeps_the_other_revisions_identical(base_dir: Path) -> None:
         with pytest.raises(NotFound):
             job.delete(first.id)
     assert sorted(os.listdir(job.path)) == [".lock"]
+
+
+def test_last_is_the_newest_good_revision(job: JobDirectory) -> None:
+    with job.lock():
+        first = commit_revision(job, FIRST_WRITES)
+        second = commit_revision(job, SECOND_WRITES, parent=first)
+        job.update(replace(second, trust=DISTRUSTED))
+        assert (link(job, "last"), link(job, "last.rev")) == (first.id, f"{first.id}.rev")
+        assert job.last() == first and job.revision("last") == first
+        third = commit_revision(job, THIRD_WRITES, parent=first, tags=("hourly",))
+        assert link(job, "last") == third.id
+        assert job.last("daily") == first and job.last("hourly") == third
+        assert job.last(excluded={third.id}) == first
+        # A failed verification distrusts, whatever `trust` says.
+        job.update(replace(third, verification={"state": "failed"}))
+        assert link(job, "last") == first.id
+        job.update(replace(first, trust=DISTRUSTED))
+        assert (link(job, "last"), link(job, "last.rev"), job.last()) == (None, None, None)
+        with pytest.raises(NotFound, match="no good revision"):
+            job.revision("last")
+
+
+def test_a_stale_last_is_repaired_by_a_writer_only_when_the_lock_is_free(
+    job: JobDirectory,
+) -> None:
+    with job.lock():
+        first = commit_revision(job, FIRST_WRITES)
+        second = commit_revision(job, SECOND_WRITES, parent=first)
+    os.unlink(job.path / "last")
+    os.symlink(first.id, job.path / "last")
+    reader = Repository(job.path.parent).job(job.name)
+    assert reader.last() == second, "readers resolve last themselves"
+    with job.lock():
+        assert reader.repair_last(reader.listing()) is False  # a writer holds the lock
+    assert link(job, "last") == first.id
+    assert reader.repair_last(reader.listing()) is True
+    assert (link(job, "last"), link(job, "last.rev")) == (second.id, f"{second.id}.rev")
+    assert reader.repair_last(reader.listing()) is False
 
 
 def test_append_log(job: JobDirectory, frozen_clock: dt.datetime) -> None:

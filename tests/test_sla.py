@@ -10,6 +10,7 @@ import pytest
 
 from lifeboat.model import Schedule, TagSpec
 from lifeboat.sla import (
+    Damage,
     JobFacts,
     SlaState,
     SlaVerdict,
@@ -177,6 +178,44 @@ def at(text: str) -> dt.datetime:
             SlaState.CRITICAL,
             "last good 3h00m ago (window 1h30m)",
             id="too-old-beats-distrusted",
+        ),
+        pytest.param(
+            {"damaged_revisions": (Damage("20261120T010000Z-0001", "/r/x.rev: empty"),)},
+            SlaState.WARNING,
+            "revision 20261120T010000Z-0001 damaged: /r/x.rev: empty",
+            id="damaged-revision",
+        ),
+        pytest.param(
+            {
+                "damaged_revisions": (
+                    Damage("20261120T010000Z-0001", "/r/a.rev: empty"),
+                    Damage("20261121T010000Z-0002", "/r/b.sums: no manifest header line"),
+                    Damage("20261122T010000Z-0003", "/r/c: No such file or directory"),
+                ),
+                "newest_distrusted": True,
+            },
+            SlaState.WARNING,
+            "newest revision distrusted; revision 20261120T010000Z-0001 damaged: "
+            "/r/a.rev: empty (and 2 more damaged revisions)",
+            id="damaged-revisions-and-distrusted",
+        ),
+        pytest.param(
+            {
+                "damaged_revisions": (Damage("20261120T010000Z-0001", "/r/x.rev: empty"),),
+                "last_good_time": None,
+            },
+            SlaState.CRITICAL,
+            "never backed up",
+            id="never-backed-up-beats-damaged",
+        ),
+        pytest.param(
+            {
+                "damaged_revisions": (Damage("20261120T010000Z-0001", "/r/x.rev: empty"),),
+                "host_reachable": False,
+            },
+            SlaState.UNKNOWN,
+            "host unreachable",
+            id="unreachable-beats-damaged",
         ),
         pytest.param(
             {"last_good_time": None, "known_since": NOW - 10 * M, "newest_distrusted": True},

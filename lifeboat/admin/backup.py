@@ -32,7 +32,9 @@ def register(subparsers: Any) -> None:
 
     verify = subparsers.add_parser("verify", help="check a revision against its checksums")
     verify.add_argument("job")
-    verify.add_argument("revision", nargs="?", default="", help="revision id (default: newest)")
+    verify.add_argument(
+        "revision", nargs="?", default="", help="revision id (default: last, the newest good)"
+    )
     verify.add_argument("--no-wait", action="store_true", help="start it and return")
     verify.set_defaults(func=run_verify)
 
@@ -75,13 +77,17 @@ def run_backup(args: argparse.Namespace, config: Config) -> int:
 def revision_row(revision: resources_pb2.Revision) -> list[str]:
     stats = revision.stats
     verification = resources_pb2.VerificationState.Name(revision.verification.state)
+    if revision.damage and not revision.checksum_algorithm:  # its .rev cannot be read
+        created = revision.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+        return [revision.id, created, "?", "?", "?", "damaged", "?"]
+    trust = resources_pb2.Trust.Name(revision.trust).removeprefix("TRUST_").lower()
     return [
         revision.id,
         revision.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
         ",".join(revision.tags),
         client.format_bytes(revision.size),
         "full" if stats.full else client.format_bytes(stats.bytes_written),
-        resources_pb2.Trust.Name(revision.trust).removeprefix("TRUST_").lower(),
+        f"{trust}, damaged" if revision.damage else trust,
         verification.removeprefix("VERIFICATION_STATE_").lower(),
     ]
 
@@ -95,6 +101,9 @@ def run_revisions(args: argparse.Namespace, config: Config) -> int:
         reply: Any = client.call(address, stub.ListRevisions, request, args.timeout)
     header = ["REVISION", "CREATED (UTC)", "TAGS", "SIZE", "WRITTEN", "TRUST", "VERIFIED"]
     print("\n".join(table(header, [revision_row(r) for r in reply.revisions])))
+    for revision in reply.revisions:
+        if revision.damage:
+            print(f"revision {revision.id} damaged: {revision.damage}")
     return EXIT_OK
 
 
