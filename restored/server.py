@@ -33,6 +33,7 @@ def build(config: config_module.Config, host: str, listen: str) -> tuple[GrpcDae
     registry = OperationRegistry(host)
     registry.bind_loop(asyncio.get_running_loop())
     worker = RestoreWorker(restore_settings(config, host), registry)
+    worker.recover_interrupted()
     servicer = RestoreServicer(worker)
     path = config.path
     host_config = config.host(host)

@@ -39,6 +39,7 @@ from lifeboat.repository import (
 )
 from restored.copy import DEFAULT_CHUNK_SIZE, copy_revision
 from restored.distrust import Distruster, Finding, append_log
+from restored.inflight import InFlight, InFlightRestores
 from restored.reader import CorruptRevision, RevisionReader
 from restored.streams import (
     DEFAULT_STREAM_CHUNK,
@@ -48,6 +49,7 @@ from restored.streams import (
     RevisionStream,
 )
 from restored.targets import (
+    FileWriter,
     PathTarget,
     Target,
     TargetPolicy,
@@ -122,6 +124,7 @@ class RestoreWorker:
         self.repository = Repository(settings.base_dir)
         self.meter = ThroughputMeter(settings.base_dir / FILE_NAME)
         self.distruster = Distruster(self.repository)
+        self.in_flight = InFlightRestores(self.repository)
         self._claims: dict[str, str] = {}  # target key -> operation name
         self._streams = 0
         self._claims_lock = threading.Lock()
@@ -262,8 +265,32 @@ class RestoreWorker:
             restore_within=restore_within,
         )
         self._claimed(target.key, record)
+        if isinstance(writer, FileWriter):
+            self._record_in_flight(record, writer)
         self._spawn(record, self._run_restore, record, job_dir, reader, writer, target)
         return record
+
+    def recover_interrupted(self) -> None:
+        """At start-up: remove the temporary files of restores that a restart interrupted."""
+        self.in_flight.recover()
+
+    def _record_in_flight(self, record: OperationRecord, writer: FileWriter) -> None:
+        """A restore whose record cannot be written still runs: only a crash would leave
+        its temporary file behind, as it did before records were kept."""
+        device, inode = writer.temporary_identity
+        restore = InFlight(
+            record.name, record.job, writer.description, writer.temporary_path, device, inode
+        )
+        try:
+            self.in_flight.record(restore)
+        except OSError as error:
+            log.warning("%s: cannot record the restore in flight: %s", record.name, error)
+
+    def _forget_in_flight(self, record: OperationRecord) -> None:
+        try:
+            self.in_flight.forget(record.name)
+        except OSError as error:
+            log.warning("%s: cannot remove its in-flight record: %s", record.name, error)
 
     def _spawn(self, record: OperationRecord, function: Callable[..., None], *args: object) -> None:
         thread = threading.Thread(target=function, args=args, name=record.name, daemon=True)
@@ -305,6 +332,7 @@ class RestoreWorker:
             self.meter.record(reader.data_bytes, time.monotonic() - started)
         finally:
             reader.close()
+            self._forget_in_flight(record)
             self._release(target.key)
             self._threads.discard(threading.current_thread())
         self._log_end(job_dir, record, state, error)

@@ -1,11 +1,13 @@
 """End to end with the real restored process: ReadRevision streams that stall hold stream
 slots only (restores still start, the scheduler sees no restore running) and are cancelled
-after stream-idle-timeout."""
+after stream-idle-timeout; a restore killed with SIGKILL leaves no temporary file once
+restored has started again."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ from lifeboat import config as config_module
 from lifeboat.v1 import operations_pb2, operations_pb2_grpc, resources_pb2
 from lifeboat.v1 import restore_pb2 as pb
 from lifeboat.v1 import restore_pb2_grpc as pb_grpc
+from restored.inflight import DIRECTORY
+from restored.targets import TEMPORARY_SUFFIX
 from scheduler.remote import GrpcHostClient
 from scheduler.settings import SchedulerSettings
 from tests.support.harness import Harness
@@ -181,3 +185,55 @@ def test_a_stalled_stream_is_cancelled_after_the_idle_timeout(tmp_path: Path) ->
 def idle_line(log: str, operation: str) -> str:
     (line,) = [line for line in log.splitlines() if f"{operation}: " in line]
     return line
+
+
+def temporary_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob(f".*{TEMPORARY_SUFFIX}"))
+
+
+def test_kill_9_mid_restore_leaves_no_temporary_file(tmp_path: Path) -> None:
+    content = prepare(tmp_path, 256 * MiB)
+    targets = tmp_path / "restore"
+    kept = targets / "kept.raw"
+    kept.write_bytes(b"old content")
+    port = free_port()
+    config = write_config(tmp_path, port)
+    with fleet(tmp_path) as running:
+        restored = start_restored(running, config, port)
+        with client.channel(restored.address, None) as channel:
+            restores = pb_grpc.RestoreServiceStub(channel)
+            names = [
+                restores.StartRestore(request, timeout=10).operation.name
+                for request in (
+                    pb.StartRestoreRequest(job="vm-a", target=str(targets / "new.raw")),
+                    pb.StartRestoreRequest(job="vm-a", target=str(kept), overwrite=True),
+                )
+            ]
+        restored.process.send_signal(signal.SIGKILL)
+        restored.process.wait()
+        left = temporary_files(targets)
+        assert len(left) == 2, "killed in the middle of both restores"
+        assert len(list((tmp_path / "repo" / DIRECTORY).iterdir())) == 2
+
+        again = start_restored(running, config, port)
+        assert temporary_files(targets) == []
+        assert not (targets / "new.raw").exists()
+        assert kept.read_bytes() == b"old content"
+        assert list((tmp_path / "repo" / DIRECTORY).iterdir()) == []
+        job_log = (tmp_path / "repo" / "vm-a" / "log").read_text()
+        for name, target in zip(names, (targets / "new.raw", kept), strict=True):
+            (temporary,) = [p for p in left if p.name.startswith(f".{target.name}.")]
+            line = (
+                f"restore {name} to {target} interrupted by a restart: "
+                f"removed temporary file {temporary}"
+            )
+            assert line in job_log
+            assert line in again.log()
+        with client.channel(again.address, None) as channel:
+            operations = operations_pb2_grpc.OperationServiceStub(channel)
+            restores = pb_grpc.RestoreServiceStub(channel)
+            request = pb.StartRestoreRequest(job="vm-a", target=str(kept), overwrite=True)
+            operation = restores.StartRestore(request, timeout=10).operation
+            final = finished(operations, operation.name)
+        assert final.state == resources_pb2.OPERATION_STATE_SUCCEEDED, final.error
+        assert kept.read_bytes() == content
