@@ -38,9 +38,9 @@ RUNNING_STREAMS = operations_pb2.ListOperationsRequest(
 RUNNING_RESTORES = operations_pb2.ListOperationsRequest(
     running_only=True, kind=resources_pb2.OPERATION_KIND_RESTORE
 )
-# More data than gRPC's flow-control windows hold, so a client that stops reading stalls
-# the stream on the server.
-STREAMED = 64 * MiB
+# Far more data than a flow-control window of a stalled client (FIXED_WINDOW) holds.
+STREAMED = 16 * MiB
+FIXED_WINDOW = [("grpc.http2.bdp_probe", 0)]
 IDLE_TIMEOUT = 2.0
 
 
@@ -81,8 +81,11 @@ def start_restored(running: Fleet, config: Path, port: int) -> Daemon:
 
 
 def stalled_stream(stack: contextlib.ExitStack, address: str) -> Any:
-    """A ReadRevision call of vm-a, on a connection of its own, read once and then never."""
-    channel = stack.enter_context(client.channel(address, None))
+    """A ReadRevision call of vm-a, on a connection of its own, read once and then never.
+
+    The connection keeps gRPC's initial flow-control window (64 KiB): with the window
+    grown to the bandwidth-delay product, a busy machine's client takes in 64 MiB."""
+    channel = stack.enter_context(client.channel(address, None, FIXED_WINDOW))
     call = pb_grpc.RestoreServiceStub(channel).ReadRevision(
         pb.ReadRevisionRequest(job="vm-a", revision_id="last"), timeout=120
     )
