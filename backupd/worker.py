@@ -172,6 +172,15 @@ def bytes_used(job_dir: JobDirectory) -> int:
     return total
 
 
+def _recover(job_dir: JobDirectory) -> None:
+    """Remove an interrupted writer's leftovers (under the job's lock), saying so in the
+    job's log."""
+    removed = job_dir.recover()
+    if removed:
+        job_dir.append_log(f"recovery removed leftovers: {', '.join(removed)}")
+        log.info("job %s: recovery removed %s", job_dir.name, ", ".join(removed))
+
+
 class BackupWorker:
     def __init__(self, settings: WorkerSettings, registry: OperationRegistry) -> None:
         self.settings = settings
@@ -211,13 +220,9 @@ class BackupWorker:
                 )
             try:
                 with job_dir.lock(blocking=False):
-                    removed = job_dir.recover()
+                    _recover(job_dir)
             except FailedPrecondition:
                 log.warning("job %s is locked by another process; not recovering it", name)
-                continue
-            if removed:
-                job_dir.append_log(f"recovery removed leftovers: {', '.join(removed)}")
-                log.info("job %s: recovery removed %s", name, ", ".join(removed))
 
     # -- backups ---------------------------------------------------------------------------
 
@@ -318,7 +323,7 @@ class BackupWorker:
     ) -> None:
         self.repository.create()
         with job_dir.lock(blocking=False), driver_for(job.source) as driver:
-            job_dir.recover()
+            _recover(job_dir)
             self.registry.start(record)
             job_dir.write_job_file(self._job_file(job))
             job_dir.append_log(f"backup started: tags {','.join(tags)} from {driver.describe()}")

@@ -14,6 +14,8 @@ MAX_TAGS = 32
 MIN_DURATION = dt.timedelta(seconds=1)
 MAX_DURATION = dt.timedelta(days=36525)  # 100 years
 MAX_KEEP = 10_000
+# Most ReadRevision streams one host may be configured to serve at once (stream-limit).
+MAX_STREAM_LIMIT = 10_000
 MIN_SLA_FACTOR = 1.0
 # Longest string any request field may carry (a restore target path is the longest).
 MAX_REQUEST_STRING = 4096
@@ -48,6 +50,12 @@ def seconds_problem(seconds: float) -> str | None:
 def keep_problem(value: int) -> str | None:
     if not 1 <= value <= MAX_KEEP:
         return f"must be between 1 and {MAX_KEEP}"
+    return None
+
+
+def stream_limit_problem(value: int) -> str | None:
+    if not 1 <= value <= MAX_STREAM_LIMIT:
+        return f"must be between 1 and {MAX_STREAM_LIMIT}"
     return None
 
 

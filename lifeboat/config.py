@@ -38,6 +38,9 @@ DEFAULT_MONITOR = "127.0.0.1:9413"
 DEFAULT_MONITOR_HTTP = "127.0.0.1:9414"
 DEFAULT_POLL_INTERVAL = dt.timedelta(seconds=10)
 DEFAULT_FREEZE_TIMEOUT = dt.timedelta(minutes=5)
+DEFAULT_RESTORE_LIMIT = 32
+DEFAULT_STREAM_LIMIT = 64
+DEFAULT_STREAM_IDLE_TIMEOUT = dt.timedelta(seconds=60)
 MAX_NAME_LENGTH = 64
 MAX_CERTIFICATE_NAME = 255
 
@@ -100,6 +103,8 @@ class HostConfig:
     restore_targets: tuple[str, ...]
     restore_limit: int
     security: ServerSecurity = ServerSecurity("hosts")
+    stream_limit: int = DEFAULT_STREAM_LIMIT
+    stream_idle_timeout: dt.timedelta = DEFAULT_STREAM_IDLE_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,8 @@ class GlobalConfig:
     sla_factor: float
     verify_fraction: float = 0.05
     verify_time_limit: dt.timedelta = dt.timedelta(minutes=10)
+    stream_limit: int = DEFAULT_STREAM_LIMIT
+    stream_idle_timeout: dt.timedelta = DEFAULT_STREAM_IDLE_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -386,6 +393,8 @@ def _read_global(reader: _Reader) -> GlobalConfig:
             "base-dir",
             "worker-limit",
             "restore-limit",
+            "stream-limit",
+            "stream-idle-timeout",
             "restore-targets",
             "restore-within",
             "sla-factor",
@@ -402,13 +411,25 @@ def _read_global(reader: _Reader) -> GlobalConfig:
     return GlobalConfig(
         base_dir=Path(base_dir),
         worker_limit=reader.integer("worker-limit", 1, minimum=1),
-        restore_limit=reader.integer("restore-limit", 32, minimum=1),
+        restore_limit=reader.integer("restore-limit", DEFAULT_RESTORE_LIMIT, minimum=1),
         restore_targets=targets,
         restore_within=reader.duration("restore-within"),
         sla_factor=_sla_factor(reader, 1.5),
         verify_fraction=_fraction(reader, "verify-fraction", 0.05),
         verify_time_limit=reader.duration("verify-time-limit") or dt.timedelta(minutes=10),
+        stream_limit=_stream_limit(reader, DEFAULT_STREAM_LIMIT),
+        stream_idle_timeout=(reader.duration("stream-idle-timeout") or DEFAULT_STREAM_IDLE_TIMEOUT),
     )
+
+
+def _stream_limit(reader: _Reader, default: int) -> int:
+    value = reader.integer("stream-limit", default, minimum=1)
+    problem = bounds.stream_limit_problem(value)
+    if problem is not None:
+        raise ConfigError(
+            reader.path, reader.child_key("stream-limit"), f"{problem}, got {clip(value)}"
+        )
+    return value
 
 
 def _sla_factor(reader: _Reader, default: float) -> float:
@@ -439,6 +460,8 @@ def _read_hosts(reader: _Reader, defaults: GlobalConfig) -> dict[str, HostConfig
                 defaults.worker_limit,
                 defaults.restore_targets,
                 defaults.restore_limit,
+                stream_limit=defaults.stream_limit,
+                stream_idle_timeout=defaults.stream_idle_timeout,
             )
         }
     hosts = {}
@@ -453,6 +476,8 @@ def _read_hosts(reader: _Reader, defaults: GlobalConfig) -> dict[str, HostConfig
                 "worker-limit",
                 "restore-targets",
                 "restore-limit",
+                "stream-limit",
+                "stream-idle-timeout",
                 "tls",
                 "insecure",
             }
@@ -471,6 +496,10 @@ def _read_hosts(reader: _Reader, defaults: GlobalConfig) -> dict[str, HostConfig
             restore_targets=targets,
             restore_limit=host.integer("restore-limit", defaults.restore_limit, minimum=1),
             security=_read_server_security(host),
+            stream_limit=_stream_limit(host, defaults.stream_limit),
+            stream_idle_timeout=(
+                host.duration("stream-idle-timeout") or defaults.stream_idle_timeout
+            ),
         )
     return hosts
 

@@ -18,6 +18,7 @@ _KIND_TO_PB = {
     OperationKind.BACKUP: pb.OPERATION_KIND_BACKUP,
     OperationKind.RESTORE: pb.OPERATION_KIND_RESTORE,
     OperationKind.VERIFY: pb.OPERATION_KIND_VERIFY,
+    OperationKind.STREAM: pb.OPERATION_KIND_STREAM,
 }
 _KIND_FROM_PB = {value: key for key, value in _KIND_TO_PB.items()}
 _STATE_TO_PB = {

@@ -28,6 +28,7 @@ class OperationKind(enum.Enum):
     BACKUP = "backup"
     RESTORE = "restore"
     VERIFY = "verify"
+    STREAM = "stream"
 
 
 class OperationState(enum.Enum):

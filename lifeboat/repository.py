@@ -361,6 +361,17 @@ def _write_synced(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
         os.close(fd)
 
 
+def replace_file(path: Path, data: bytes) -> None:
+    """Make `path` hold `data` atomically and durably: a temporary file beside it (mode
+    0600 whatever a leftover had), fsynced, renamed over it, the directory fsynced."""
+    hidden = path.name if path.name.startswith(".") else f".{path.name}"
+    temporary = path.with_name(f"{hidden}.tmp")
+    _unlink(temporary)
+    _write_synced(temporary, data)
+    os.replace(temporary, path)
+    _fsync_dir(path.parent)
+
+
 def _make_private(path: Path) -> bool:
     """Take group and other permissions off `path` (never through a symlink); True if it
     had any."""

@@ -21,6 +21,8 @@ def restore_settings(config: config_module.Config, host: str) -> RestoreSettings
         base_dir=host_config.base_dir,
         restore_limit=host_config.restore_limit,
         restore_targets=host_config.restore_targets,
+        stream_limit=host_config.stream_limit,
+        stream_idle_timeout=host_config.stream_idle_timeout,
         jobs={job.name: job for job in config.jobs_on(host)},
         restore_within=config.global_.restore_within,
     )
@@ -31,6 +33,7 @@ def build(config: config_module.Config, host: str, listen: str) -> tuple[GrpcDae
     registry = OperationRegistry(host)
     registry.bind_loop(asyncio.get_running_loop())
     worker = RestoreWorker(restore_settings(config, host), registry)
+    worker.recover_interrupted()
     servicer = RestoreServicer(worker)
     path = config.path
     host_config = config.host(host)

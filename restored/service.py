@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
 
 from lifeboat import convert
-from lifeboat.errors import Cancelled, InvalidArgument
+from lifeboat.errors import InvalidArgument, LifeboatError
+from lifeboat.grpc_errors import status_for
 from lifeboat.v1 import restore_pb2 as pb
 from lifeboat.v1 import restore_pb2_grpc as pb_grpc
+from restored import streams
 from restored.worker import RestoreEstimate, RestoreRequest, RestoreWorker, RevisionChoice
+
+log = logging.getLogger("lifeboat.restored")
+
+# Status sends of cancelled streams, kept referenced until the client has them.
+_ending: set[asyncio.Future[None]] = set()
+
+
+async def _abort(context: grpc.aio.ServicerContext, reason: LifeboatError) -> None:
+    try:
+        await context.abort(status_for(reason), str(reason))
+    except grpc.aio.AbortError:
+        pass  # how abort() always ends
+    except Exception as error:  # the client went away first: nobody to tell
+        log.debug("status not sent (%s): %r", reason, error)
 
 
 def _choice(request: pb.StartRestoreRequest) -> RevisionChoice:
@@ -61,27 +78,22 @@ class RestoreServicer(pb_grpc.RestoreServiceServicer):
         self, request: pb.ReadRevisionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ReadRevisionResponse]:
         peer = context.peer()  # asking a call that has gone away crashes grpc
+        handler = asyncio.current_task()
         stream = await asyncio.to_thread(
             self.worker.open_stream, request.job, request.revision_id, request.chunk_size, peer
         )
-        failure: BaseException | None = None
-        try:
-            size: int | None = stream.size
-            while (piece := await asyncio.to_thread(stream.next_piece)) is not None:
-                offset, data = piece
-                yield pb.ReadRevisionResponse(offset=offset, data=data, size=size or 0)
-                size = None
-            if size is not None:  # no data at all: still say how big the image is
-                yield pb.ReadRevisionResponse(offset=0, size=size)
-        except (asyncio.CancelledError, GeneratorExit):
-            failure = Cancelled(f"{peer} stopped reading")
-            raise
-        except BaseException as error:
-            failure = error
-            raise
-        finally:
-            # Waits for a read still running in its thread (at most one chunk).
-            stream.close(failure)
+
+        def end_call(reason: LifeboatError) -> None:
+            # The client takes no messages, so the status waits behind those in flight:
+            # it is sent from a task of its own while this handler stops at once.
+            ending = asyncio.ensure_future(_abort(context, reason))
+            _ending.add(ending)
+            ending.add_done_callback(_ending.discard)
+            if handler is not None:
+                handler.cancel()
+
+        async for piece in streams.serve(stream, end_call):
+            yield pb.ReadRevisionResponse(offset=piece.offset, data=piece.data, size=piece.size)
 
     async def ListRestoreEstimates(
         self, request: pb.ListRestoreEstimatesRequest, context: grpc.aio.ServicerContext

@@ -34,7 +34,7 @@ from lifeboat.errors import (
 
 RBD_PREFIX = "rbd:"
 _RBD_TARGET = re.compile(r"rbd:([A-Za-z0-9_.-]+)/([A-Za-z0-9_.+-]+)")
-_TEMPORARY_SUFFIX = ".lifeboat-restore.tmp"
+TEMPORARY_SUFFIX = ".lifeboat-restore.tmp"
 
 
 @dataclass(frozen=True)
@@ -163,9 +163,12 @@ class FileWriter(TargetWriter):
         self.name = name
         self.replace = replaced is not None
         self.description = os.path.join(directory, name)
-        self.temporary = f".{name}.{secrets.token_hex(4)}{_TEMPORARY_SUFFIX}"
+        self.temporary = f".{name}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}"
+        self.temporary_path = os.path.join(directory, self.temporary)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         self.fd = os.open(self.temporary, flags, 0o600, dir_fd=dir_fd)
+        info = os.fstat(self.fd)
+        self.temporary_identity = (info.st_dev, info.st_ino)
         self.size = size
         self.holes: list[tuple[int, int]] = []
         self.mode = stat.S_IMODE(replaced.st_mode) if replaced is not None else None

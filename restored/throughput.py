@@ -9,10 +9,8 @@ replaced atomically) so predictions survive a restart of restored.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from lifeboat import clock
-from lifeboat.repository import FILE_MODE
+from lifeboat.repository import replace_file
 
 log = logging.getLogger("lifeboat.restored")
 
@@ -91,13 +89,7 @@ class ThroughputMeter:
                 for s in samples
             ]
         }
-        temporary = self.path.with_name(f"{self.path.name}.tmp")
         try:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)  # a leftover keeps its mode; a new file gets FILE_MODE
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-            with open(fd, "w") as file:
-                file.write(yaml.safe_dump(document, sort_keys=False))
-            os.replace(temporary, self.path)
+            replace_file(self.path, yaml.safe_dump(document, sort_keys=False).encode())
         except OSError as error:
             log.warning("cannot record restore throughput in %s: %s", self.path, error)

@@ -3,7 +3,8 @@
 Restores never wait: restored is its own process with its own limit (`restore-limit`),
 reads committed revisions without any lock, and runs each restore on its own thread
 as soon as it is asked. Nothing is locked globally; the only lock a restore may ever
-take is the job's, and only without blocking (see distrust.py).
+take is the job's, and only without blocking (see distrust.py). Streams have a limit
+of their own (`stream-limit`, see streams.py) and never take a restore slot.
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -41,8 +41,17 @@ from lifeboat.repository import (
 )
 from restored.copy import DEFAULT_CHUNK_SIZE, copy_revision
 from restored.distrust import Distruster, Finding, append_log
+from restored.inflight import InFlight, InFlightRestores
 from restored.reader import CorruptRevision, RevisionReader
+from restored.streams import (
+    DEFAULT_STREAM_CHUNK,
+    MAX_STREAM_CHUNK,
+    MIN_STREAM_CHUNK,
+    IdleStream,
+    RevisionStream,
+)
 from restored.targets import (
+    FileWriter,
     PathTarget,
     Target,
     TargetPolicy,
@@ -54,11 +63,6 @@ from restored.throughput import FILE_NAME, ThroughputMeter
 
 log = logging.getLogger("lifeboat.restored")
 
-DEFAULT_STREAM_CHUNK = 1024 * 1024
-MIN_STREAM_CHUNK = 4096
-MAX_STREAM_CHUNK = 3 * 1024 * 1024
-"""Stays below gRPC's default 4 MiB limit on received messages."""
-
 
 @dataclass(frozen=True)
 class RestoreSettings:
@@ -66,6 +70,8 @@ class RestoreSettings:
     base_dir: Path
     restore_limit: int
     restore_targets: tuple[str, ...]
+    stream_limit: int
+    stream_idle_timeout: dt.timedelta
     jobs: Mapping[str, Job] = field(default_factory=dict)
     """The config's jobs on this host: restore-within, and the Ceph cluster of RBD jobs."""
     restore_within: dt.timedelta | None = None
@@ -120,7 +126,9 @@ class RestoreWorker:
         self.repository = Repository(settings.base_dir)
         self.meter = ThroughputMeter(settings.base_dir / FILE_NAME)
         self.distruster = Distruster(self.repository)
+        self.in_flight = InFlightRestores(self.repository)
         self._claims: dict[str, str] = {}  # target key -> operation name
+        self._streams = 0
         self._claims_lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
 
@@ -209,6 +217,19 @@ class RestoreWorker:
         with self._claims_lock:
             self._claims.pop(key, None)
 
+    def _claim_stream(self) -> None:
+        with self._claims_lock:
+            if self._streams >= self.settings.stream_limit:
+                raise ResourceExhausted(
+                    f"host {self.settings.host} serves {self._streams} revision streams "
+                    f"(stream-limit {self.settings.stream_limit}); try again later"
+                )
+            self._streams += 1
+
+    def _release_stream(self) -> None:
+        with self._claims_lock:
+            self._streams -= 1
+
     # -- restores --------------------------------------------------------------------------
 
     def _open_writer(
@@ -255,8 +276,32 @@ class RestoreWorker:
             restore_within=restore_within,
         )
         self._claimed(target.key, record)
+        if isinstance(writer, FileWriter):
+            self._record_in_flight(record, writer)
         self._spawn(record, self._run_restore, record, job_dir, reader, writer, target)
         return record
+
+    def recover_interrupted(self) -> None:
+        """At start-up: remove the temporary files of restores that a restart interrupted."""
+        self.in_flight.recover()
+
+    def _record_in_flight(self, record: OperationRecord, writer: FileWriter) -> None:
+        """A restore whose record cannot be written still runs: only a crash would leave
+        its temporary file behind, as it did before records were kept."""
+        device, inode = writer.temporary_identity
+        restore = InFlight(
+            record.name, record.job, writer.description, writer.temporary_path, device, inode
+        )
+        try:
+            self.in_flight.record(restore)
+        except OSError as error:
+            log.warning("%s: cannot record the restore in flight: %s", record.name, error)
+
+    def _forget_in_flight(self, record: OperationRecord) -> None:
+        try:
+            self.in_flight.forget(record.name)
+        except OSError as error:
+            log.warning("%s: cannot remove its in-flight record: %s", record.name, error)
 
     def _spawn(self, record: OperationRecord, function: Callable[..., None], *args: object) -> None:
         thread = threading.Thread(target=function, args=args, name=record.name, daemon=True)
@@ -298,6 +343,7 @@ class RestoreWorker:
             self.meter.record(reader.data_bytes, time.monotonic() - started)
         finally:
             reader.close()
+            self._forget_in_flight(record)
             self._release(target.key)
             self._threads.discard(threading.current_thread())
         self._log_end(job_dir, record, state, error)
@@ -346,7 +392,7 @@ class RestoreWorker:
     # -- streams ---------------------------------------------------------------------------
 
     def open_stream(self, job: str, revision_id: str, chunk_size: int, peer: str) -> RevisionStream:
-        """A verified stream of a revision's data, tracked as a restore operation."""
+        """A verified stream of a revision's data, tracked as an operation of kind STREAM."""
         if chunk_size == 0:
             chunk_size = DEFAULT_STREAM_CHUNK
         if not MIN_STREAM_CHUNK <= chunk_size <= MAX_STREAM_CHUNK:
@@ -358,27 +404,31 @@ class RestoreWorker:
         job_dir = self._job_dir(job)
         choice = RevisionChoice() if revision_id == LAST else RevisionChoice(revision_id)
         meta = self.choose_revision(job_dir, choice)
-        key = f"stream:{secrets.token_hex(8)}"
-        self._claim(key)
+        self._claim_stream()
         try:
             reader = RevisionReader(job_dir, meta)
         except BaseException:
-            self._release(key)
+            self._release_stream()
             raise
         record = self.registry.create(
-            OperationKind.RESTORE, job_dir.name, target=f"stream:{peer}", revision_id=meta.id
+            OperationKind.STREAM, job_dir.name, target=f"stream:{peer}", revision_id=meta.id
         )
-        self._claimed(key, record)
         self.registry.start(record, reader.data_bytes)
-        return RevisionStream(self, record, reader, key, chunk_size)
+        idle_timeout = self.settings.stream_idle_timeout.total_seconds()
+        return RevisionStream(
+            record, peer, self.registry, reader, chunk_size, idle_timeout, self._stream_ended
+        )
 
     def _stream_ended(self, stream: RevisionStream, failure: BaseException | None) -> None:
         stream.reader.close()
-        self._release(stream.key)
+        self._release_stream()
         if failure is None:
             self.registry.finish(stream.record, OperationState.SUCCEEDED)
             return
         state, error = self._failure(failure, stream.reader)
+        if isinstance(failure, IdleStream):
+            log.warning("%s", error)
+            append_log(self.repository.job(stream.record.job), error)
         self.registry.finish(stream.record, state, error)
 
     # -- estimates -------------------------------------------------------------------------
@@ -427,9 +477,11 @@ class RestoreWorker:
     # -- stopping --------------------------------------------------------------------------
 
     def shutdown(self, timeout: float = 30.0) -> None:
-        """Cancel running restores (their temporary files are removed) and wait for them."""
-        for record in self.registry.select(running_only=True, kind=OperationKind.RESTORE):
-            record.cancel_requested.set()
+        """Cancel running restores (their temporary files are removed) and streams, and
+        wait for the restores."""
+        for kind in (OperationKind.RESTORE, OperationKind.STREAM):
+            for record in self.registry.running(kind):
+                record.cancel_requested.set()
         deadline = time.monotonic() + timeout
         for thread in list(self._threads):
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -443,58 +495,3 @@ def _data_bytes(job_dir: JobDirectory, meta: RevisionMeta) -> int:
     except FileNotFoundError:
         return 0
     return min(info.st_blocks * 512, meta.size)
-
-
-class RevisionStream:
-    """One ReadRevision call: (offset, data) pieces of at most `chunk_size` bytes, in order."""
-
-    def __init__(
-        self,
-        worker: RestoreWorker,
-        record: OperationRecord,
-        reader: RevisionReader,
-        key: str,
-        chunk_size: int,
-    ) -> None:
-        self.worker = worker
-        self.record = record
-        self.reader = reader
-        self.key = key
-        self.chunk_size = chunk_size
-        self._buffer = bytearray(max(chunk_size, reader.block_size))
-        self._closed = False
-        self._lock = threading.Lock()
-        self._iterator = self._pieces()
-
-    @property
-    def size(self) -> int:
-        return self.reader.size
-
-    def _pieces(self) -> Iterator[tuple[int, bytes]]:
-        done, total = 0, self.reader.data_bytes
-        for chunk in self.reader.chunks(self._buffer):
-            self.record.check_cancelled()
-            for piece in chunk.pieces:
-                if piece.data is None:
-                    continue
-                for start in range(0, piece.length, self.chunk_size):
-                    data = piece.data[start : start + self.chunk_size].tobytes()
-                    yield piece.offset + start, data
-            done += chunk.data_bytes
-            self.worker.registry.progress(self.record, done, total)
-
-    def next_piece(self) -> tuple[int, bytes] | None:
-        """The next (offset, data) of the revision, None at the end; holes and zero blocks
-        are skipped. Called from one thread at a time."""
-        with self._lock:
-            if self._closed:
-                raise Cancelled(f"{self.record.name} is closed")
-            return next(self._iterator, None)
-
-    def close(self, failure: BaseException | None = None) -> None:
-        """End the operation; waits for a `next_piece` running in another thread."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self.worker._stream_ended(self, failure)

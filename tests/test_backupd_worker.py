@@ -395,3 +395,20 @@ async def test_recovery_makes_an_older_repository_private(
     caplog.clear()
     harness.worker.recover_all()  # nothing left to fix: nothing logged
     assert "private" not in caplog.text
+
+
+async def test_a_backup_says_in_the_jobs_log_what_it_recovered(tmp_path: Path) -> None:
+    """Leftovers a backup's own recovery finds (no restart in between) are in the job's log,
+    as start-up recovery's are."""
+    harness = Harness(tmp_path / "repo")
+    job = job_for(source_file(tmp_path / "vm.raw"))
+    assert (await harness.backup(job)).state == OperationState.SUCCEEDED
+    leftover = tmp_path / "repo" / "vm-a" / ".20260101T000000Z-0000.tmp"
+    leftover.write_bytes(b"half a revision")
+
+    record = await harness.backup(job)
+
+    assert record.state == OperationState.SUCCEEDED, record.error
+    assert not leftover.exists()
+    log = (tmp_path / "repo" / "vm-a" / "log").read_text()
+    assert f"recovery removed leftovers: {leftover.name}" in log

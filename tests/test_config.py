@@ -255,6 +255,30 @@ OUT_OF_BOUNDS = "between 1s and 100 years"
             id="verify-time-limit",
         ),
         pytest.param(
+            {"global/stream-idle-timeout": 0.5},
+            "global.stream-idle-timeout",
+            OUT_OF_BOUNDS,
+            id="stream-idle-timeout-under-a-second",
+        ),
+        pytest.param(
+            {"hosts/backup01/stream-idle-timeout": "0s"},
+            "hosts.backup01.stream-idle-timeout",
+            OUT_OF_BOUNDS,
+            id="host-stream-idle-timeout",
+        ),
+        pytest.param(
+            {"global/stream-limit": 0},
+            "global.stream-limit",
+            "at least 1",
+            id="no-streams",
+        ),
+        pytest.param(
+            {"hosts/backup01/stream-limit": 10_001},
+            "hosts.backup01.stream-limit",
+            "between 1 and 10000",
+            id="stream-limit-too-big",
+        ),
+        pytest.param(
             {"monitor": {"poll-interval": "0s"}},
             "monitor.poll-interval",
             OUT_OF_BOUNDS,
@@ -347,6 +371,24 @@ def test_values_out_of_bounds_name_the_key_in_a_short_message(
     assert caught.value.key == key
     assert problem in caught.value.problem
     assert len(str(caught.value)) < 400
+
+
+def test_stream_limits_default_and_are_overridden_per_host() -> None:
+    defaults = parse(BASE).hosts["backup01"]
+    assert (defaults.stream_limit, defaults.stream_idle_timeout) == (64, dt.timedelta(minutes=1))
+    document = yaml.safe_load(BASE)
+    document["global"].update({"stream-limit": 8, "stream-idle-timeout": "2m"})
+    document["hosts"]["backup02"] = {
+        "backupd": "127.0.0.1:9421",
+        "restored": "127.0.0.1:9422",
+        "stream-limit": 2,
+        "stream-idle-timeout": "5s",
+    }
+    hosts = config.parse(document, "fleet.yaml").hosts
+    assert (hosts["backup01"].stream_limit, hosts["backup01"].restore_limit) == (8, 32)
+    assert hosts["backup01"].stream_idle_timeout == dt.timedelta(minutes=2)
+    assert hosts["backup02"].stream_limit == 2
+    assert hosts["backup02"].stream_idle_timeout == dt.timedelta(seconds=5)
 
 
 @pytest.mark.parametrize(

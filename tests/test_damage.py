@@ -10,6 +10,7 @@ symlinks. Real files, the real backup and restore workers, real gRPC.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import re
 from collections.abc import Callable
@@ -93,7 +94,9 @@ class Host:
         self.backupd = Harness(self.repo)
         self.registry = OperationRegistry("backup01")
         self.registry.bind_loop(asyncio.get_running_loop())
-        settings = RestoreSettings("backup01", self.repo, 4, (str(self.targets),))
+        settings = RestoreSettings(
+            "backup01", self.repo, 4, (str(self.targets),), 4, dt.timedelta(seconds=60)
+        )
         self.restored = RestoreWorker(settings, self.registry)
         self.sources = {name: source_file(tmp_path / f"{name}.raw") for name in ("vm-a", "vm-b")}
 

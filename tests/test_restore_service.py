@@ -135,7 +135,10 @@ async def running_restored(
     worker.distruster.retry_interval = 0.05
     port = await daemon.start()
     address = f"127.0.0.1:{port}"
-    channel = grpc.aio.insecure_channel(address)
+    # gRPC's initial flow-control window only: a held stream stalls after 64 KiB, where
+    # a window grown to the bandwidth-delay product takes in all of a busy machine's
+    # revision and lets the stream end.
+    channel = grpc.aio.insecure_channel(address, options=[("grpc.http2.bdp_probe", 0)])
     harness = Harness(tmp / "repo")
     try:
         yield Restored(
@@ -528,6 +531,15 @@ async def test_cancel_removes_the_partial_file(restored: Restored) -> None:
     assert leftovers(restored.targets) == []
 
 
+async def slow_restore(restored: Restored, name: str) -> resources_pb2.Operation:
+    """A restore of vm-b (64 MiB of data) in one-block chunks: still running when the next
+    call comes."""
+    write_image(restored.tmp / "vm-b.raw", 64 * MiB, [(0, 64 * MiB)])
+    await back_up(restored.harness, restored.job("vm-b"))
+    restored.worker.settings = dataclasses.replace(restored.worker.settings, chunk_size=BLOCK)
+    return await restored.start(job="vm-b", target=str(restored.targets / name))
+
+
 async def test_parallel_restores_and_the_limit(restored: Restored) -> None:
     _, _, _, second = await two_revisions(restored)
     restored.worker.settings = dataclasses.replace(restored.worker.settings, restore_limit=3)
@@ -541,14 +553,38 @@ async def test_parallel_restores_and_the_limit(restored: Restored) -> None:
     for index in range(3):
         assert (restored.targets / f"p{index}.raw").read_bytes() == second
 
-    await big_revision(restored)
-    streams = [await held_stream(restored) for _ in range(3)]  # each holds one of the slots
+    restored.worker.settings = dataclasses.replace(restored.worker.settings, restore_limit=1)
+    running = await slow_restore(restored, "big.raw")
     details = await expect_error(
         restored.start(job="vm-a", target=str(restored.targets / "p9.raw")),
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     )
-    assert "restore-limit 3" in details
+    assert "restore-limit 1" in details
     assert not (restored.targets / "p9.raw").exists()
+    await restored.operations.CancelOperation(
+        operations_pb2.CancelOperationRequest(name=running.name)
+    )
+    assert (await restored.wait(running.name)).state == CANCELLED
+
+
+async def test_streams_have_a_limit_of_their_own(restored: Restored) -> None:
+    """Held streams fill stream-limit, never restore-limit: a restore still starts."""
+    _, _, _, second = await two_revisions(restored)
+    await big_revision(restored)
+    settings = restored.worker.settings
+    restored.worker.settings = dataclasses.replace(settings, restore_limit=1, stream_limit=3)
+    streams = [await held_stream(restored) for _ in range(3)]
+    request = pb.ReadRevisionRequest(job="vm-b", revision_id="last")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async for _ in restored.stub.ReadRevision(request):
+            pass
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "stream-limit 3" in (refused.value.details() or "")
+
+    target = restored.targets / "while-streaming.raw"
+    final = await restored.restore(job="vm-a", target=str(target))
+    assert final.state == SUCCEEDED, final.error
+    assert target.read_bytes() == second
     for stream in streams:
         stream.cancel()
 
@@ -570,11 +606,15 @@ async def test_read_revision_streams_data_without_holes(restored: Restored) -> N
     streamed = sum(length for _, length, _ in messages)
     assert streamed <= sum(length for _, length in EXTENTS) + 2 * MiB
     listed = await restored.operations.ListOperations(
-        operations_pb2.ListOperationsRequest(kind=resources_pb2.OPERATION_KIND_RESTORE)
+        operations_pb2.ListOperationsRequest(kind=resources_pb2.OPERATION_KIND_STREAM)
     )
     (operation,) = listed.operations
     assert operation.target.startswith("stream:") and operation.revision_id == second_id
     assert operation.state == SUCCEEDED
+    restores = await restored.operations.ListOperations(
+        operations_pb2.ListOperationsRequest(kind=resources_pb2.OPERATION_KIND_RESTORE)
+    )
+    assert list(restores.operations) == []
 
 
 @pytest.mark.parametrize(
@@ -621,26 +661,38 @@ async def test_stream_of_a_corrupt_revision_ends_with_data_loss(restored: Restor
 
 
 async def test_running_restores_are_listed_for_the_scheduler(restored: Restored) -> None:
+    """Restores, not streams: the scheduler defers backups while restores run."""
     await big_revision(restored)
-    request = operations_pb2.ListOperationsRequest(
+    restores = operations_pb2.ListOperationsRequest(
         running_only=True, kind=resources_pb2.OPERATION_KIND_RESTORE
     )
-    assert list((await restored.operations.ListOperations(request)).operations) == []
+    streams = operations_pb2.ListOperationsRequest(
+        running_only=True, kind=resources_pb2.OPERATION_KIND_STREAM
+    )
+    assert list((await restored.operations.ListOperations(restores)).operations) == []
     stream = await held_stream(restored)
 
-    running = (await restored.operations.ListOperations(request)).operations
-    assert [op.job for op in running] == ["vm-b"]
-    assert running[0].state == resources_pb2.OPERATION_STATE_RUNNING
+    assert list((await restored.operations.ListOperations(restores)).operations) == []
+    (running_stream,) = (await restored.operations.ListOperations(streams)).operations
+    assert running_stream.job == "vm-b"
+    assert running_stream.state == resources_pb2.OPERATION_STATE_RUNNING
+    estimates = await restored.stub.ListRestoreEstimates(pb.ListRestoreEstimatesRequest())
+    assert estimates.running_restores == 0
+
+    restore = await slow_restore(restored, "vm-b.raw")
+    running = (await restored.operations.ListOperations(restores)).operations
+    assert [op.name for op in running] == [restore.name]
     backups = operations_pb2.ListOperationsRequest(
         running_only=True, kind=resources_pb2.OPERATION_KIND_BACKUP
     )
     assert list((await restored.operations.ListOperations(backups)).operations) == []
     estimates = await restored.stub.ListRestoreEstimates(pb.ListRestoreEstimatesRequest())
     assert estimates.running_restores == 1
+    assert (await restored.wait(restore.name)).state == SUCCEEDED
 
     stream.cancel()
     deadline = time.monotonic() + 10
-    while (await restored.operations.ListOperations(request)).operations:
+    while (await restored.operations.ListOperations(streams)).operations:
         assert time.monotonic() < deadline, "the abandoned stream must end its operation"
         await asyncio.sleep(0.02)
     estimates = await restored.stub.ListRestoreEstimates(pb.ListRestoreEstimatesRequest())
