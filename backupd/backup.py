@@ -63,7 +63,7 @@ class WriteStats:
 
 
 def usable_parent(job_dir: JobDirectory) -> RevisionMeta | None:
-    """The newest revision that is not damaged, if it is good: the base of a differential
+    """The newest revision that is not damaged, if it is good: the base of an incremental
     backup. A distrusted newest revision makes the backup full, since what made it
     distrusted may lie in the stored copy of its own parent."""
     newest = job_dir.listing().newest

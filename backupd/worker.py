@@ -386,7 +386,7 @@ class BackupWorker:
     @staticmethod
     def _describe_revision(meta: RevisionMeta) -> str:
         stats, verification = meta.stats, meta.verification
-        kind = "full" if stats.get("full") else f"differential from {meta.parent}"
+        kind = "full" if stats.get("full") else f"changed blocks on parent {meta.parent}"
         return (
             f"backup wrote revision {meta.id} ({kind}): {stats.get('blocks-changed')} blocks changed, "
             f"{stats.get('bytes-written')} bytes written in {stats.get('duration')}s; "

@@ -177,7 +177,7 @@ class StandInRestored(restore_pb2_grpc.RestoreServiceServicer):
                     size=20 * GiB,
                     predicted_duration=seconds(20 * GiB / (400 << 20)),
                     restore_within=seconds(4 * 3600),
-                    meets_restore_target=True,
+                    meets_restore_within=True,
                 )
                 for i in range(JOBS)
                 if host_of(i) == self.host
@@ -207,7 +207,7 @@ class StandInOperations(operations_pb2_grpc.OperationServiceServicer):
                     bytes_total=20 * GiB,
                     eta=seconds(300),
                     restore_within=seconds(4 * 3600),
-                    meets_restore_target=True,
+                    meets_restore_within=True,
                 )
             ]
         )

@@ -132,7 +132,7 @@ def operation_to_pb(record: OperationRecord) -> pb.Operation:
         revision_id=record.revision_id,
         target=record.target,
         error=record.error,
-        meets_restore_target=record.meets_restore_target(),
+        meets_restore_within=record.meets_restore_within(),
         restore_within=duration(record.restore_within),
     )
     return message

@@ -83,7 +83,7 @@ class OperationRecord:
             return None
         return dt.timedelta(seconds=max(self.bytes_total - self.bytes_done, 0) / rate)
 
-    def meets_restore_target(self) -> bool:
+    def meets_restore_within(self) -> bool:
         if self.restore_within is None:
             return True
         if self.state.finished:

@@ -3,7 +3,7 @@
 Each daemon is asked once per poll interval, all at once, each with a deadline;
 a daemon still busy with the previous poll is skipped, so a slow host never
 holds up the others nor a check. The newest answer of each daemon is kept with
-the time it arrived (`Polled`); checks read a `Snapshot` of that and never
+the time it arrived (`Polled`); checks read a `FleetObservation` of that and never
 wait for a poll.
 
 How the daemons are asked is injected (`Source`, implemented over gRPC by
@@ -60,7 +60,7 @@ class HostData:
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class FleetObservation:
     """Everything the monitor knows at one moment; reports are computed from it."""
 
     config: Config
@@ -102,12 +102,14 @@ class Poller:
                 del self._polled[key]
         self.config = config
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self) -> FleetObservation:
         hosts = {
             name: HostData(self._get(("backupd", name)), self._get(("restored", name)))
             for name in self.config.hosts
         }
-        return Snapshot(self.config, dict(self.known_since), hosts, self._get(("scheduler", "")))
+        return FleetObservation(
+            self.config, dict(self.known_since), hosts, self._get(("scheduler", ""))
+        )
 
     def _get(self, key: tuple[str, str]) -> Polled[Any]:
         return self._polled.get(key, Polled())

@@ -24,7 +24,7 @@ from lifeboat.errors import NotFound
 from lifeboat.model import Job
 from lifeboat.sla import JobFacts, SlaState, SlaVerdict, assess, format_age, worst
 from monitor.observations import JobObservation, Polled, RestoredObservation
-from monitor.poller import HostData, Snapshot
+from monitor.poller import FleetObservation, HostData
 
 STALE_POLLS = 3
 # At most this many job names per category in the one-line summary.
@@ -89,7 +89,7 @@ class CheckResult:
         return f"{self.summary} | {self.perfdata}" if self.perfdata else self.summary
 
 
-def stale_after(snapshot: Snapshot) -> dt.timedelta:
+def stale_after(snapshot: FleetObservation) -> dt.timedelta:
     return STALE_POLLS * snapshot.poll_interval
 
 
@@ -187,7 +187,7 @@ def _with_restore_doubt(verdict: SlaVerdict, problem: str | None) -> SlaVerdict:
     return replace(verdict, reason=f"{verdict.reason}; {problem}")
 
 
-def job_report(job: Job, snapshot: Snapshot, now: dt.datetime) -> JobReport:
+def job_report(job: Job, snapshot: FleetObservation, now: dt.datetime) -> JobReport:
     host = snapshot.hosts[job.host]
     limit = stale_after(snapshot)
     known_since = snapshot.known_since.get(job.name, now)
@@ -236,7 +236,7 @@ def host_report(name: str, host: HostData, now: dt.datetime) -> HostReport:
     )
 
 
-def scheduler_report(snapshot: Snapshot, now: dt.datetime) -> SchedulerReport:
+def scheduler_report(snapshot: FleetObservation, now: dt.datetime) -> SchedulerReport:
     polled = snapshot.scheduler
     return SchedulerReport(
         address=snapshot.config.scheduler_listen,
@@ -249,7 +249,7 @@ def scheduler_report(snapshot: Snapshot, now: dt.datetime) -> SchedulerReport:
 # -- the report ----------------------------------------------------------------------------
 
 
-def selected_jobs(snapshot: Snapshot, job: str = "", host: str = "") -> list[Job]:
+def selected_jobs(snapshot: FleetObservation, job: str = "", host: str = "") -> list[Job]:
     """The configured jobs matching the filters (empty filter: all); NotFound for unknown names."""
     config = snapshot.config
     if job and job not in config.jobs:
@@ -263,7 +263,9 @@ def selected_jobs(snapshot: Snapshot, job: str = "", host: str = "") -> list[Job
     ]
 
 
-def build_report(snapshot: Snapshot, now: dt.datetime, job: str = "", host: str = "") -> SlaReport:
+def build_report(
+    snapshot: FleetObservation, now: dt.datetime, job: str = "", host: str = ""
+) -> SlaReport:
     jobs = selected_jobs(snapshot, job, host)
     if host:
         host_names = [host]

@@ -50,7 +50,7 @@ def _estimate(estimate: RestoreEstimate) -> pb.RestoreEstimate:
         size=estimate.size,
         predicted_duration=convert.duration(estimate.predicted),
         restore_within=convert.duration(estimate.restore_within),
-        meets_restore_target=estimate.meets_restore_target,
+        meets_restore_within=estimate.meets_restore_within,
         revision_id=estimate.revision_id,
         data_bytes=estimate.data_bytes,
     )

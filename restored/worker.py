@@ -104,7 +104,7 @@ class RestoreEstimate:
     data_bytes: int
     predicted: dt.timedelta | None
     restore_within: dt.timedelta | None
-    meets_restore_target: bool
+    meets_restore_within: bool
 
 
 @dataclass(frozen=True)
@@ -471,7 +471,7 @@ class RestoreWorker:
             data_bytes=data_bytes,
             predicted=predicted,
             restore_within=restore_within,
-            meets_restore_target=meets,
+            meets_restore_within=meets,
         )
 
     # -- stopping --------------------------------------------------------------------------

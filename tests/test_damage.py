@@ -169,7 +169,7 @@ async def test_damage_in_an_old_revision_stays_local(host: Host, kind: str) -> N
     estimates = host.restored.estimates([])
     assert {e.job: e.revision_id for e in estimates.estimates}["vm-a"] == newest.id
 
-    # The next backup is fine, and differential from the newest good revision.
+    # The next backup is fine, and incremental from the newest good revision.
     following = await host.back_up()
     assert following.parent == newest.id and following.stats["full"] is False
 

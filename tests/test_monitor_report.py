@@ -21,7 +21,7 @@ from monitor.observations import (
     RunningRestore,
     SchedulerObservation,
 )
-from monitor.poller import HostData, Snapshot
+from monitor.poller import FleetObservation, HostData
 from monitor.report import build_report, check
 
 S = dt.timedelta(seconds=1)
@@ -88,8 +88,8 @@ def snapshot(
     hosts: dict[str, HostData],
     scheduler: Polled[SchedulerObservation] = SCHEDULER_OK,
     known_since: dt.datetime = NOW - 30 * D,
-) -> Snapshot:
-    return Snapshot(config, dict.fromkeys(config.jobs, known_since), hosts, scheduler)
+) -> FleetObservation:
+    return FleetObservation(config, dict.fromkeys(config.jobs, known_since), hosts, scheduler)
 
 
 def one_job(
@@ -97,7 +97,7 @@ def one_job(
     restored: Polled[RestoredObservation] = RESTORED_OK,
     known_since: dt.datetime = NOW - 30 * D,
     **job: Any,
-) -> Snapshot:
+) -> FleetObservation:
     config = fleet_config({"vm-web01": job})
     return snapshot(config, {"backup01": HostData(observation, restored)}, known_since=known_since)
 
@@ -330,7 +330,7 @@ def unreachable(polled: Polled[Any], error: str = "connection refused") -> Polle
         ),
     ],
 )
-def test_job_state(snap: Snapshot, state: SlaState, reason: str, short: str) -> None:
+def test_job_state(snap: FleetObservation, state: SlaState, reason: str, short: str) -> None:
     (job,) = build_report(snap, NOW).jobs
     assert (job.state, job.reason, job.short_reason) == (state, reason, short)
 
@@ -376,7 +376,7 @@ def fleet(
     backup01: Polled[BackupdObservation],
     backup02: Polled[BackupdObservation] | None = None,
     scheduler: Polled[SchedulerObservation] = SCHEDULER_OK,
-) -> Snapshot:
+) -> FleetObservation:
     return snapshot(
         FLEET,
         {
@@ -477,7 +477,9 @@ ALL_GOOD = backupd(good("vm-db01"), good("vm-mail"), good("vm-web01", age=30 * M
         ),
     ],
 )
-def test_check_line(snap: Snapshot, filters: dict[str, str], state: SlaState, line: str) -> None:
+def test_check_line(
+    snap: FleetObservation, filters: dict[str, str], state: SlaState, line: str
+) -> None:
     result = check(build_report(snap, NOW, **filters))
     assert result.state == state
     assert result.line() == line

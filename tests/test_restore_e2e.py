@@ -168,7 +168,7 @@ def test_restore_never_waits_for_backups(tmp_path: Path, transport: Transport) -
             assert estimates.running_restores == 0
             assert estimates.throughput_bytes_per_second > 0
             (estimate,) = estimates.estimates
-            assert estimate.meets_restore_target
+            assert estimate.meets_restore_within
             assert estimate.predicted_duration.ToTimedelta().total_seconds() > 0
             running_restores = restore_operations.ListOperations(
                 operations_pb2.ListOperationsRequest(

@@ -715,8 +715,8 @@ async def test_estimates_from_measured_throughput(tmp_path: Path) -> None:
         predicted = a.predicted_duration.ToTimedelta().total_seconds()
         assert predicted == pytest.approx(a.data_bytes / MiB, rel=0.01)
         assert a.restore_within.ToTimedelta() == dt.timedelta(seconds=1)
-        assert predicted > 1 and not a.meets_restore_target
-        assert b.size == 0 and b.revision_id == "" and not b.meets_restore_target
+        assert predicted > 1 and not a.meets_restore_within
+        assert b.size == 0 and b.revision_id == "" and not b.meets_restore_within
         assert b.restore_within.ToTimedelta() == dt.timedelta(hours=4)
 
         operation = await restored.restore(job="vm-a", target=str(restored.targets / "a.raw"))
