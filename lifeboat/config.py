@@ -488,6 +488,13 @@ def _read_schedules(reader: _Reader) -> dict[str, Schedule]:
             interval = spec.duration("interval")
             if interval is None:
                 raise ConfigError(reader.path, spec.child_key("interval"), "required")
+            if interval.microseconds:
+                # Slots are whole seconds apart (lifeboat.schedule).
+                raise ConfigError(
+                    reader.path,
+                    spec.child_key("interval"),
+                    f"must be a whole number of seconds, got {clip(spec.data['interval'])}",
+                )
             tags.append(TagSpec(tag, interval, _keep(spec)))
         if not tags:
             raise ConfigError(

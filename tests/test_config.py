@@ -231,6 +231,12 @@ OUT_OF_BOUNDS = "between 1s and 100 years"
             id="interval-under-a-second",
         ),
         pytest.param(
+            {"schedules/default/hourly/interval": 90.5},
+            "schedules.default.hourly.interval",
+            "must be a whole number of seconds, got 90.5",
+            id="interval-fraction-of-a-second",
+        ),
+        pytest.param(
             {"global/restore-within": "36526d"},
             "global.restore-within",
             OUT_OF_BOUNDS,
@@ -373,6 +379,13 @@ def test_missing_file_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         config.load(str(tmp_path / "absent.yaml"))
     assert "absent.yaml" in str(caught.value)
+
+
+def test_directory_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.load(str(tmp_path))
+    assert (caught.value.path, caught.value.key) == (str(tmp_path), "(file)")
+    assert caught.value.problem == "Is a directory"
 
 
 def test_yaml_syntax_error(tmp_path: Path) -> None:
