@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 from lifeboat import config as config_module
 from lifeboat.bounds import clip
+from lifeboat.clock import SYSTEM, Clock
 from lifeboat.config import Config, HostConfig
 from lifeboat.errors import InvalidArgument, NotFound
 from scheduler import planner
@@ -27,11 +28,16 @@ class Scheduler:
     """Keeps no state of its own: everything comes from the config and the hosts."""
 
     def __init__(
-        self, config: Config, clients: HostClientFactory, settings: SchedulerSettings
+        self,
+        config: Config,
+        clients: HostClientFactory,
+        settings: SchedulerSettings,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.config = config
         self.clients = clients
         self.settings = settings
+        self.clock = clock
         self.hosts: dict[str, HostScheduler] = {}
         self._started = False
         self._reloading = asyncio.Lock()
@@ -42,7 +48,7 @@ class Scheduler:
             self.hosts[name].set_jobs(config.jobs_on(name))
 
     def _host_scheduler(self, host: HostConfig) -> HostScheduler:
-        return HostScheduler(host, self.clients(host), self.settings)
+        return HostScheduler(host, self.clients(host), self.settings, self.clock)
 
     def start(self) -> None:
         for host in self.hosts.values():
