@@ -653,3 +653,12 @@ def load(path: str | None) -> Config:
         message = _shorten(" ".join(str(error).split()), _SYNTAX_MESSAGE_LIMIT)
         raise ConfigError(resolved, "(syntax)", message) from None
     return parse(document, resolved)
+
+
+def reload_error(path: str, error: Exception) -> ConfigError:
+    """What went wrong while a daemon re-read `path` and applied it, as a ConfigError: one
+    as it is; anything else (a bug, not the file's fault) under the key "(reload)"."""
+    if isinstance(error, ConfigError):
+        return error
+    problem = _shorten(" ".join(f"{type(error).__name__}: {error}".split()), _SYNTAX_MESSAGE_LIMIT)
+    return ConfigError(path, "(reload)", problem)

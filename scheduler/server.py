@@ -49,6 +49,7 @@ def build(
         on_stop=scheduler.stop,
         guard=guard,
         section=lambda new: new.scheduler_security,
+        config_path=config.path,
     )
     scheduler.on_apply = daemon.reload_security
     return daemon, scheduler

@@ -388,6 +388,34 @@ def test_directory_names_the_file(tmp_path: Path) -> None:
     assert caught.value.problem == "Is a directory"
 
 
+@pytest.mark.parametrize(
+    ("error", "key", "problem"),
+    [
+        pytest.param(
+            ConfigError("other.yaml", "jobs.x", "bad"), "jobs.x", "bad", id="config-error-as-is"
+        ),
+        pytest.param(
+            ValueError("interval must be whole"),
+            "(reload)",
+            "ValueError: interval must be whole",
+            id="bug",
+        ),
+        pytest.param(
+            RuntimeError("line one\nline " + "x" * 1000),
+            "(reload)",
+            ("RuntimeError: line one line " + "x" * 1000)[:400] + "...",
+            id="long-bug-one-short-line",
+        ),
+    ],
+)
+def test_reload_error_names_the_file_key_and_problem(
+    error: Exception, key: str, problem: str
+) -> None:
+    failure = config.reload_error("fleet.yaml", error)
+    assert (failure.key, failure.problem) == (key, problem)
+    assert failure.path == ("other.yaml" if isinstance(error, ConfigError) else "fleet.yaml")
+
+
 def test_yaml_syntax_error(tmp_path: Path) -> None:
     path = tmp_path / "broken.yaml"
     path.write_text("jobs: [unclosed\n")

@@ -28,6 +28,7 @@ from lifeboat import clock
 from lifeboat import config as config_module
 from lifeboat.admin import main as admin_main
 from lifeboat.bootstrap import GrpcDaemon
+from lifeboat.config import HostConfig
 from lifeboat.model import Schedule, TagSpec
 from lifeboat.operation_service import operation_service
 from lifeboat.operations import OperationKind, OperationRegistry, OperationState
@@ -37,7 +38,10 @@ from lifeboat.v1 import scheduler_pb2 as pb
 from lifeboat.v1 import scheduler_pb2_grpc as pb_grpc
 from scheduler import server as scheduler_server
 from scheduler.fleet import Scheduler
+from scheduler.hosts import HostClient, HostClientFactory
+from scheduler.remote import grpc_clients
 from scheduler.settings import SchedulerSettings
+from tests.support.bad_configs import BAD_FILES, Spoiler, mend
 from tests.support.clock import FakeClock
 from tests.support.processes import free_port
 
@@ -178,10 +182,12 @@ class Fleet:
         await daemon.start()
         self.others.append(daemon)
 
-    async def start_scheduler(self) -> pb_grpc.SchedulerServiceStub:
+    async def start_scheduler(
+        self, clients: HostClientFactory | None = None
+    ) -> pb_grpc.SchedulerServiceStub:
         """Start the scheduler and let it settle: every host scanned, due backups started."""
         daemon, scheduler = scheduler_server.build(
-            self.config(), "127.0.0.1:0", SETTINGS, clock=self.clock
+            self.config(), "127.0.0.1:0", SETTINGS, clients, self.clock
         )
         port = await daemon.start()
         self.address = f"127.0.0.1:{port}"
@@ -715,18 +721,82 @@ async def _true(value: bool) -> bool:
     return value
 
 
-async def test_reload_with_a_bad_config_keeps_the_old_one(fleet: Fleet) -> None:
+@pytest.mark.parametrize("spoil", BAD_FILES)
+async def test_reload_with_a_bad_config_keeps_the_old_one(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture, spoil: Spoiler
+) -> None:
     fleet.add_host("b1")
     fleet.add_job("vm-1", "b1")
     stub = await fleet.start_scheduler()
-    fleet.jobs["vm-2"] = {"host": "b1", "schedule": "nightly", "source": {"type": "file"}}
-    fleet.write()
+    problem = spoil(fleet.path)
+
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await stub.ReloadConfig(pb.ReloadConfigRequest())
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "jobs.vm-2.schedule" in (raised.value.details() or "")
+    details = raised.value.details() or ""
+    assert details.startswith(f"{fleet.path}: ") and problem in details, details
+    assert fleet.scheduler_daemon is not None
+    caplog.clear()
+    await fleet.scheduler_daemon.reload()  # what SIGHUP runs
+    failures = [r.getMessage() for r in caplog.records if "reload failed" in r.getMessage()]
+    assert failures == [f"scheduler reload failed, keeping the old config: {details}"]
     listed = await stub.ListJobs(pb.ListJobsRequest())
     assert [v.job.name for v in listed.jobs] == ["vm-1"]
+
+    mend(fleet.path)
+    fleet.add_job("vm-2", "b1")
+    fleet.write()
+    reply = await stub.ReloadConfig(pb.ReloadConfigRequest())
+    assert list(reply.jobs_added) == ["vm-2"]
+
+
+def no_client_for(name: str) -> HostClientFactory:
+    """The real gRPC clients, but making one for host `name` fails (as a bug would)."""
+    make = grpc_clients(SETTINGS)
+
+    def client(host: HostConfig) -> HostClient:
+        if host.name == name:
+            raise RuntimeError(f"no client for {host.name}")
+        return make(host)
+
+    return client
+
+
+async def test_a_failure_applying_a_config_keeps_the_old_one(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    fleet.add_host("b1")
+    fleet.add_job("vm-1", "b1")
+    stub = await fleet.start_scheduler(no_client_for("b2"))
+    restored = fleet.hosts["b1"]["restored"]
+    fleet.hosts["b1"]["restored"] = f"127.0.0.1:{free_port()}"  # b1 gets a new scheduler
+    fleet.add_host("b2")
+    fleet.add_job("vm-2", "b2")
+    fleet.write()
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.ReloadConfig(pb.ReloadConfigRequest())
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = raised.value.details() or ""
+    assert details == f"{fleet.path}: (reload): RuntimeError: no client for b2"
+    assert fleet.scheduler_daemon is not None
+    caplog.clear()
+    await fleet.scheduler_daemon.reload()  # what SIGHUP runs
+    failures = [r.getMessage() for r in caplog.records if "reload failed" in r.getMessage()]
+    assert failures == [f"scheduler reload failed, keeping the old config: {details}"]
+    listed = await stub.ListJobs(pb.ListJobsRequest())
+    assert [(v.job.name, v.job.host) for v in listed.jobs] == [("vm-1", "b1")]
+    assert (await fleet.job("vm-1")).job.host == "b1"
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.ListJobs(pb.ListJobsRequest(host="b2"))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    fleet.hosts["b1"]["restored"] = restored
+    del fleet.hosts["b2"], fleet.jobs["vm-2"]
+    fleet.add_job("vm-3", "b1")
+    fleet.write()
+    reply = await stub.ReloadConfig(pb.ReloadConfigRequest())
+    assert list(reply.jobs_added) == ["vm-3"]
 
 
 async def test_sighup_reload_moves_a_job_to_another_host(fleet: Fleet) -> None:
