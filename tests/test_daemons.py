@@ -16,7 +16,15 @@ import pytest
 from lifeboat import client
 from lifeboat.v1 import scheduler_pb2, scheduler_pb2_grpc
 from tests.support.bad_configs import SPOILERS, mend
-from tests.support.processes import Daemon, Fleet, fleet, free_port, grpcurl, wait_serving
+from tests.support.processes import (
+    Daemon,
+    Fleet,
+    fleet,
+    free_port,
+    grpcurl,
+    lifeboat,
+    wait_serving,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -148,15 +156,6 @@ def scheduled_jobs(address: str) -> list[str]:
     return [view.job.name for view in reply.jobs]
 
 
-def admin(config: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lifeboat.admin", "--config", str(config), *argv],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-
-
 def test_a_bad_config_on_reload_keeps_every_daemon_serving_the_old_one(tmp_path: Path) -> None:
     ports = {module: free_port() for module in SERVICES}
     config = write_config(tmp_path, ports)
@@ -177,17 +176,17 @@ def test_a_bad_config_on_reload_keeps_every_daemon_serving_the_old_one(tmp_path:
                 assert problem in failures[-1], failures[-1]
                 wait_serving(daemon.address, timeout=5)
             assert scheduled_jobs(scheduler.address) == ["vm-web01"]
-            refused = admin(own, "reload")
+            refused = lifeboat(own, "reload")
             assert refused.returncode == 1, refused.stderr
             assert f"{config}: " in refused.stderr and problem in refused.stderr, refused.stderr
             if count == 1:
-                local = admin(config, "reload")  # lifeboat reads the bad file itself first
+                local = lifeboat(config, "reload")  # lifeboat reads the bad file itself first
                 assert local.returncode == 2 and problem in local.stderr, local.stderr
             mend(config)
             config.write_text(good)
 
         config.write_text(good.replace("jobs:\n", f"jobs:\n  vm-db01: {{{JOB_DB01}}}\n"))
-        reloaded = admin(own, "reload")
+        reloaded = lifeboat(own, "reload")
         assert reloaded.returncode == 0, reloaded.stderr
         assert reloaded.stdout.splitlines() == ["added: vm-db01", "removed: -", "changed: -"]
         assert scheduled_jobs(scheduler.address) == ["vm-db01", "vm-web01"]

@@ -721,6 +721,20 @@ async def _true(value: bool) -> bool:
     return value
 
 
+async def refused_reload(fleet: Fleet, caplog: pytest.LogCaptureFixture) -> str:
+    """ReloadConfig's INVALID_ARGUMENT details; SIGHUP's reload logs them in one line."""
+    assert fleet.stub is not None and fleet.scheduler_daemon is not None
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await fleet.stub.ReloadConfig(pb.ReloadConfigRequest())
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = raised.value.details() or ""
+    caplog.clear()
+    await fleet.scheduler_daemon.reload()  # what SIGHUP runs
+    failures = [r.getMessage() for r in caplog.records if "reload failed" in r.getMessage()]
+    assert failures == [f"scheduler reload failed, keeping the old config: {details}"]
+    return details
+
+
 @pytest.mark.parametrize("spoil", BAD_FILES)
 async def test_reload_with_a_bad_config_keeps_the_old_one(
     fleet: Fleet, caplog: pytest.LogCaptureFixture, spoil: Spoiler
@@ -730,16 +744,8 @@ async def test_reload_with_a_bad_config_keeps_the_old_one(
     stub = await fleet.start_scheduler()
     problem = spoil(fleet.path)
 
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await stub.ReloadConfig(pb.ReloadConfigRequest())
-    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    details = raised.value.details() or ""
+    details = await refused_reload(fleet, caplog)
     assert details.startswith(f"{fleet.path}: ") and problem in details, details
-    assert fleet.scheduler_daemon is not None
-    caplog.clear()
-    await fleet.scheduler_daemon.reload()  # what SIGHUP runs
-    failures = [r.getMessage() for r in caplog.records if "reload failed" in r.getMessage()]
-    assert failures == [f"scheduler reload failed, keeping the old config: {details}"]
     listed = await stub.ListJobs(pb.ListJobsRequest())
     assert [v.job.name for v in listed.jobs] == ["vm-1"]
 
@@ -774,16 +780,8 @@ async def test_a_failure_applying_a_config_keeps_the_old_one(
     fleet.add_job("vm-2", "b2")
     fleet.write()
 
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await stub.ReloadConfig(pb.ReloadConfigRequest())
-    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    details = raised.value.details() or ""
+    details = await refused_reload(fleet, caplog)
     assert details == f"{fleet.path}: (reload): RuntimeError: no client for b2"
-    assert fleet.scheduler_daemon is not None
-    caplog.clear()
-    await fleet.scheduler_daemon.reload()  # what SIGHUP runs
-    failures = [r.getMessage() for r in caplog.records if "reload failed" in r.getMessage()]
-    assert failures == [f"scheduler reload failed, keeping the old config: {details}"]
     listed = await stub.ListJobs(pb.ListJobsRequest())
     assert [(v.job.name, v.job.host) for v in listed.jobs] == [("vm-1", "b1")]
     assert (await fleet.job("vm-1")).job.host == "b1"
