@@ -66,12 +66,16 @@ def tag_spec(config: config_module.Config, name: str) -> TagSpec:
 
 def quiet_name(prefix: str, config: config_module.Config, window: dt.timedelta) -> str:
     """A job name with no slot of the default schedule within `window` of now, so the
-    only backups a test sees are the ones it expects."""
+    only backups a test sees are the ones it expects, and whose next slot is an hourly
+    one alone (not also its daily one)."""
     now = clock.now()
     schedule = schedule_of(config)
+    hourly, daily = tag_spec(config, "hourly"), tag_spec(config, "daily")
     for index in range(100_000):
         name = f"{prefix}-{index}"
-        if all(next_slot(name, tag, now - window) > now + window for tag in schedule.tags):
+        if all(
+            next_slot(name, tag, now - window) > now + window for tag in schedule.tags
+        ) and next_slot(name, hourly, now) < next_slot(name, daily, now):
             return name
     raise AssertionError("no quiet job name")
 
