@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from lifeboat import access, errors
 from lifeboat.access import Access
 from lifeboat.bounds import clip
-from lifeboat.config import Config, ServerSecurity
+from lifeboat.config import Config, ServerSecurity, reload_error
 from lifeboat.grpc_errors import status_for
 from lifeboat.repository import Repository, validate_job_name
 from lifeboat.request_bounds import check_request
@@ -230,10 +230,12 @@ class GrpcDaemon:
         guard: Guard | None = None,
         section: Callable[[Config], ServerSecurity] | None = None,
         job_log: JobLog | None = None,
+        config_path: str = "",
     ) -> None:
         """`guard` decides who may call (default: plaintext, every caller local admin);
         `section` picks this daemon's part of a reloaded config; `job_log` receives the
-        audit lines of calls that concern a job."""
+        audit lines of calls that concern a job; `config_path` is the file `on_reload`
+        re-reads, named when the reload fails."""
         self.name = name
         self.listen = listen
         self.services = list(services)
@@ -242,6 +244,7 @@ class GrpcDaemon:
         self.guard = guard or Guard(None, Access({}))
         self.section = section
         self.job_log = job_log
+        self.config_path = config_path
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -297,13 +300,18 @@ class GrpcDaemon:
             log.error("%s keeps its certificate: %s", self.name, error)
 
     async def reload(self) -> None:
+        """Re-read the config (SIGHUP). Whatever fails, one line says so and the daemon
+        serves on with the config it had."""
         if self.on_reload is None:
             return
         log.info("%s reloading config", self.name)
         try:
             await self.on_reload()
-        except errors.LifeboatError as error:
-            log.error("%s reload failed, keeping the old config: %s", self.name, error)
+        except Exception as error:
+            failure = reload_error(self.config_path, error)
+            log.error("%s reload failed, keeping the old config: %s", self.name, failure)
+            if failure is not error:
+                log.debug("%s reload failure", self.name, exc_info=error)
 
     async def run_until_signalled(self) -> None:
         """Serve until SIGTERM or SIGINT; SIGHUP reloads."""

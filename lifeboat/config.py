@@ -517,6 +517,13 @@ def _read_schedules(reader: _Reader) -> dict[str, Schedule]:
             interval = spec.duration("interval")
             if interval is None:
                 raise ConfigError(reader.path, spec.child_key("interval"), "required")
+            if interval.microseconds:
+                # Slots are whole seconds apart (lifeboat.schedule).
+                raise ConfigError(
+                    reader.path,
+                    spec.child_key("interval"),
+                    f"must be a whole number of seconds, got {clip(spec.data['interval'])}",
+                )
             tags.append(TagSpec(tag, interval, _keep(spec)))
         if not tags:
             raise ConfigError(
@@ -675,3 +682,12 @@ def load(path: str | None) -> Config:
         message = _shorten(" ".join(str(error).split()), _SYNTAX_MESSAGE_LIMIT)
         raise ConfigError(resolved, "(syntax)", message) from None
     return parse(document, resolved)
+
+
+def reload_error(path: str, error: Exception) -> ConfigError:
+    """What went wrong while a daemon re-read `path` and applied it, as a ConfigError: one
+    as it is; anything else (a bug, not the file's fault) under the key "(reload)"."""
+    if isinstance(error, ConfigError):
+        return error
+    problem = _shorten(" ".join(f"{type(error).__name__}: {error}".split()), _SYNTAX_MESSAGE_LIMIT)
+    return ConfigError(path, "(reload)", problem)

@@ -57,7 +57,8 @@ class OperationRecord:
     revision_id: str = ""
     restore_within: dt.timedelta | None = None
     state: OperationState = OperationState.PENDING
-    create_time: dt.datetime = field(default_factory=clock.now)
+    # Looked up at each call, so a test that patches clock.now is obeyed.
+    create_time: dt.datetime = field(default_factory=lambda: clock.now())
     start_time: dt.datetime | None = None
     end_time: dt.datetime | None = None
     bytes_done: int = 0

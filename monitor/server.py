@@ -47,6 +47,7 @@ def build(
         on_stop=monitor.stop,
         guard=guard,
         section=lambda new: new.monitor_security,
+        config_path=path,
     )
     return daemon, monitor
 

@@ -65,6 +65,7 @@ def build(config: config_module.Config, host: str, listen: str) -> tuple[GrpcDae
         guard=guard,
         section=lambda new: new.host(host).security,
         job_log=audit_to_job_log(worker.repository),
+        config_path=path,
     )
     return daemon, worker
 

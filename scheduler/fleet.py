@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from lifeboat import config as config_module
 from lifeboat.bounds import clip
+from lifeboat.clock import SYSTEM, Clock
 from lifeboat.config import Config, HostConfig
 from lifeboat.errors import InvalidArgument, NotFound
 from scheduler import planner
@@ -27,11 +28,16 @@ class Scheduler:
     """Keeps no state of its own: everything comes from the config and the hosts."""
 
     def __init__(
-        self, config: Config, clients: HostClientFactory, settings: SchedulerSettings
+        self,
+        config: Config,
+        clients: HostClientFactory,
+        settings: SchedulerSettings,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.config = config
         self.clients = clients
         self.settings = settings
+        self.clock = clock
         self.hosts: dict[str, HostScheduler] = {}
         self._started = False
         self._reloading = asyncio.Lock()
@@ -42,7 +48,18 @@ class Scheduler:
             self.hosts[name].set_jobs(config.jobs_on(name))
 
     def _host_scheduler(self, host: HostConfig) -> HostScheduler:
-        return HostScheduler(host, self.clients(host), self.settings)
+        return HostScheduler(host, self.clients(host), self.settings, self.clock)
+
+    async def _new_host_schedulers(self, hosts: Iterable[HostConfig]) -> dict[str, HostScheduler]:
+        """Host schedulers for `hosts`, not started; none at all when one cannot be made."""
+        made: dict[str, HostScheduler] = {}
+        try:
+            for host in hosts:
+                made[host.name] = self._host_scheduler(host)
+        except BaseException:
+            await asyncio.gather(*(scheduler.stop() for scheduler in made.values()))
+            raise
+        return made
 
     def start(self) -> None:
         for host in self.hosts.values():
@@ -79,10 +96,14 @@ class Scheduler:
         return await self._host_of(job).run_now(job, tags)
 
     async def reload(self) -> JobChanges:
-        """Re-read the config file. A ConfigError leaves everything as it was."""
+        """Re-read the config file. Whatever goes wrong is a ConfigError naming the file."""
         async with self._reloading:
-            new = config_module.load(self.config.path)
-            return await self.apply(new)
+            path = self.config.path
+            try:
+                new = await asyncio.to_thread(config_module.load, path)
+                return await self.apply(new)
+            except Exception as error:
+                raise config_module.reload_error(path, error) from error
 
     async def apply(self, new: Config) -> JobChanges:
         """Schedule `new`'s jobs: added jobs start, removed jobs stop being scheduled
@@ -94,18 +115,22 @@ class Scheduler:
                 "scheduler.listen changed to %s: takes effect at the next restart",
                 new.scheduler_listen,
             )
-        stale = [
-            self.hosts.pop(name)
-            for name, scheduler in list(self.hosts.items())
-            if name not in new.hosts or not _same_peers(scheduler.host, new.hosts[name])
-        ]
-        for name, host in new.hosts.items():
-            if name in self.hosts:
-                self.hosts[name].host = host
-                continue
-            self.hosts[name] = self._host_scheduler(host)
-            if self._started:
-                self.hosts[name].start()
+        kept = {
+            name: scheduler
+            for name, scheduler in self.hosts.items()
+            if name in new.hosts and _same_peers(scheduler.host, new.hosts[name])
+        }
+        # Made first: when one cannot be made, nothing has changed yet.
+        added = await self._new_host_schedulers(
+            host for name, host in new.hosts.items() if name not in kept
+        )
+        stale = [scheduler for name, scheduler in self.hosts.items() if name not in kept]
+        for name, scheduler in kept.items():
+            scheduler.host = new.hosts[name]
+        self.hosts = {name: kept.get(name) or added[name] for name in new.hosts}
+        if self._started:
+            for scheduler in added.values():
+                scheduler.start()
         for name, scheduler in self.hosts.items():
             scheduler.set_jobs(new.jobs_on(name))
         self.config = new

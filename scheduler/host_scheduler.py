@@ -19,11 +19,11 @@ import datetime as dt
 import heapq
 import itertools
 import logging
-import time
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import replace
 
-from lifeboat import clock, schedule
+from lifeboat import schedule
+from lifeboat.clock import SYSTEM, Clock, sleep_unless_set
 from lifeboat.config import HostConfig
 from lifeboat.errors import LifeboatError, NotFound, ResourceExhausted, Unavailable
 from lifeboat.model import Job
@@ -47,10 +47,17 @@ async def run_all(calls: Iterable[Awaitable[None]]) -> None:
 
 
 class HostScheduler:
-    def __init__(self, host: HostConfig, client: HostClient, settings: SchedulerSettings) -> None:
+    def __init__(
+        self,
+        host: HostConfig,
+        client: HostClient,
+        settings: SchedulerSettings,
+        clock: Clock = SYSTEM,
+    ) -> None:
         self.host = host
         self.client = client
         self.settings = settings
+        self.clock = clock
         self.backoff = Backoff(settings.failure_backoff_base, settings.failure_backoff_cap)
         self.tracks: dict[str, JobTrack] = {}
         self.reachable = True
@@ -65,7 +72,7 @@ class HostScheduler:
         self._needs_scan = True
         self._scan_failures = 0
         self._scan_not_before = 0.0  # monotonic; the backoff after trouble
-        self._next_resync = 0.0
+        self._next_scan = 0.0
         self._next_poll = 0.0
         self._hold_until = 0.0
         self._restores_checked = -1e9
@@ -132,7 +139,7 @@ class HostScheduler:
     def view(self, name: str) -> JobView:
         return planner.job_view(
             self.tracks[name],
-            clock.now(),
+            self.clock.now(),
             self.backoff,
             host_reachable=self.reachable,
             restores_running=self.restores_running,
@@ -140,7 +147,7 @@ class HostScheduler:
         )
 
     def views(self) -> list[JobView]:
-        now = clock.now()
+        now = self.clock.now()
         return [
             planner.job_view(
                 track, now, self.backoff, self.reachable, self.restores_running, self.error
@@ -159,7 +166,7 @@ class HostScheduler:
         track = self.tracks[name]
         if not track.synced:
             self._apply_report(track, await self.client.job_report(name))
-        chosen = planner.run_tags(track, tags, clock.now())
+        chosen = planner.run_tags(track, tags, self.clock.now())
         operation, started = await self.client.start_backup(track.job, chosen)
         if self.tracks.get(name) is track:
             self._mark_running(track, operation)
@@ -188,16 +195,16 @@ class HostScheduler:
             await self._sleep(self._next_wakeup())
 
     async def _step(self) -> None:
-        if time.monotonic() >= self._next_resync:
+        if self.clock.monotonic() >= self._next_scan:
             self._needs_scan = True
         if self._needs_scan:
-            if time.monotonic() < self._scan_not_before:
+            if self.clock.monotonic() < self._scan_not_before:
                 return
             await self._scan()
-        if (self._running or self._others_running) and time.monotonic() >= self._next_poll:
+        if (self._running or self._others_running) and self.clock.monotonic() >= self._next_poll:
             await self._poll_running()
-        self._promote_due(clock.now())
-        if self._ready and self._free_slots() > 0 and time.monotonic() >= self._hold_until:
+        self._promote_due(self.clock.now())
+        if self._ready and self._free_slots() > 0 and self.clock.monotonic() >= self._hold_until:
             await self._dispatch()
 
     def _trouble(self, error: BaseException) -> None:
@@ -207,7 +214,7 @@ class HostScheduler:
             self._scan_failures, self.settings.host_backoff_base, self.settings.host_backoff_cap
         )
         self._needs_scan = True
-        self._scan_not_before = time.monotonic() + delay.total_seconds()
+        self._scan_not_before = self.clock.monotonic() + delay.total_seconds()
         message = str(error) if isinstance(error, LifeboatError) else repr(error)
         if self.reachable or message != self.error:
             if isinstance(error, LifeboatError):
@@ -220,36 +227,32 @@ class HostScheduler:
         self.error = message
 
     async def _sleep(self, seconds: float) -> None:
-        try:
-            async with asyncio.timeout(seconds):
-                await self._wake.wait()
-        except TimeoutError:
-            pass
+        await sleep_unless_set(self.clock, seconds, self._wake)
         self._wake.clear()
 
     def _next_wakeup(self) -> float:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         deadlines = [now + self.settings.max_sleep]
         if self._needs_scan:
             return max(0.0, min(self._scan_not_before, deadlines[0]) - now)
-        deadlines.append(self._next_resync)
+        deadlines.append(self._next_scan)
         if self._running or self._others_running:
             deadlines.append(self._next_poll)
         if self._ready and self._free_slots() > 0:
             deadlines.append(self._hold_until)
         top = self._peek()
         if top is not None:
-            deadlines.append(now + (top - clock.now()).total_seconds())
+            deadlines.append(now + (top - self.clock.now()).total_seconds())
         return max(0.0, min(deadlines) - now)
 
     # -- scanning the host ------------------------------------------------------------------
 
     async def _scan(self) -> None:
         """Ask the host for every job's tag times and running backup (on start, after reload,
-        after trouble, and every resync_interval)."""
+        after trouble, and every scan_interval)."""
         self._needs_scan = False
         generations = {name: track.generation for name, track in self.tracks.items()}
-        started = time.monotonic()
+        started = self.clock.monotonic()
         try:
             # Asked first: a backup that ends while the host lists its jobs may show
             # neither as running nor as a revision; it is kept as running, and the
@@ -276,17 +279,27 @@ class HostScheduler:
         self.reachable = True
         self.error = ""
         self._scan_failures = 0
-        self._next_resync = time.monotonic() + self.settings.resync_interval
+        self._next_scan = self.clock.monotonic() + self.settings.scan_interval
         log.info(
             "host %s: scanned %d jobs in %.2fs: %d running, %d due now",
             self.host.name,
             len(generations),
-            time.monotonic() - started,
+            self.clock.monotonic() - started,
             len(self._running),
             len(self._ready),
         )
 
     def _apply_report(self, track: JobTrack, report: JobReport) -> None:
+        gone = planner.vanished_tags(
+            track.job.schedule, track.last_tag_times, report.last_tag_times
+        )
+        if gone:
+            log.warning(
+                "%s: the newest revision tagged %s is gone from host %s; planned again",
+                track.name,
+                ",".join(gone),
+                self.host.name,
+            )
         track.synced = True
         track.last_tag_times = dict(report.last_tag_times)
         if report.running is not None:
@@ -297,7 +310,7 @@ class HostScheduler:
 
     def _mark_running(self, track: JobTrack, operation: BackupOperation) -> None:
         if not self._running and not self._others_running:
-            self._next_poll = time.monotonic() + self.settings.poll_interval
+            self._next_poll = self.clock.monotonic() + self.settings.poll_interval
         track.running = operation
         self._running.add(track.name)
         self._ready.discard(track.name)
@@ -309,7 +322,7 @@ class HostScheduler:
 
     async def _poll_running(self) -> None:
         operations = await self.client.running_backups()
-        self._next_poll = time.monotonic() + self.settings.poll_interval
+        self._next_poll = self.clock.monotonic() + self.settings.poll_interval
         by_job = {operation.job: operation for operation in operations}
         self._others_running = sum(1 for job in by_job if job not in self.tracks)
         ended = []
@@ -335,7 +348,7 @@ class HostScheduler:
         report = await self.client.job_report(track.name)
         if self.tracks.get(track.name) is not track:
             return
-        now = clock.now()
+        now = self.clock.now()
         if final is None:
             log.warning(
                 "%s: backup %s vanished from host %s", track.name, operation.name, self.host.name
@@ -363,7 +376,7 @@ class HostScheduler:
             return
         self._ready.discard(name)
         self._queued.pop(name, None)
-        now = clock.now()
+        now = self.clock.now()
         plan = planner.planned_run(track, now)
         track.plan = plan
         if plan is None:
@@ -394,7 +407,7 @@ class HostScheduler:
     async def _dispatch(self) -> None:
         if not await self._restores_allow_backups():
             return
-        now = clock.now()
+        now = self.clock.now()
         chosen = planner.most_urgent(
             (self.tracks[name] for name in self._ready), self._free_slots(), now
         )
@@ -415,7 +428,7 @@ class HostScheduler:
             # backupd has no free slot (backups we do not know of): not a failure.
             if self.tracks.get(name) is track:
                 self._ready.add(name)
-                self._hold_until = time.monotonic() + self.settings.busy_retry
+                self._hold_until = self.clock.monotonic() + self.settings.busy_retry
             log.info("%s: host %s is busy, retrying soon: %s", name, self.host.name, error)
             return
         except Unavailable:
@@ -424,14 +437,14 @@ class HostScheduler:
             raise
         except LifeboatError as error:
             log.error("%s: cannot start a backup: %s", name, error)
-            planner.record_failure(track, str(error), clock.now(), self.backoff)
+            planner.record_failure(track, str(error), self.clock.now(), self.backoff)
             self._reschedule(track)
             return
         if self.tracks.get(name) is not track:
             self._others_running += 1
             return
         self._mark_running(track, operation)
-        late = (clock.now() - planned).total_seconds()
+        late = (self.clock.now() - planned).total_seconds()
         if started:
             log.info(
                 "%s: started backup %s with tags %s (%.3fs after its planned time)",
@@ -451,7 +464,7 @@ class HostScheduler:
         likely down and restoring nothing, and waiting for it would turn a restored
         outage into missed backups. It is asked again at the next dispatch.
         """
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if not self.restores_running and now < self._restores_checked + (
             self.settings.restore_check_cache
         ):

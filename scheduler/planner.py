@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from lifeboat import schedule
 from lifeboat.bounds import clip
 from lifeboat.errors import InvalidArgument
-from lifeboat.model import Job
+from lifeboat.model import Job, Schedule
 from lifeboat.operations import OperationState
-from lifeboat.schedule import Plan
+from lifeboat.schedule import EPOCH, Plan
 from scheduler.hosts import BackupOperation
 
 MANUAL_PREFIX = "manual:"
@@ -119,6 +119,23 @@ def projected_run(track: JobTrack, now: dt.datetime) -> Plan | None:
     for tag in track.running.tags:
         written[tag] = now
     return schedule.next_run(track.name, track.job.schedule, written, now)
+
+
+def vanished_tags(
+    schedule: Schedule,
+    before: Mapping[str, dt.datetime],
+    after: Mapping[str, dt.datetime],
+) -> tuple[str, ...]:
+    """The schedule tags whose newest revision is gone between two reports of a host: no
+    revision carries them any more, or only older ones do (newer revisions were deleted).
+    Retention never does this: it keeps the newest revisions of every tag."""
+    return tuple(
+        sorted(
+            tag.name
+            for tag in schedule.tags
+            if tag.name in before and after.get(tag.name, EPOCH) < before[tag.name]
+        )
+    )
 
 
 def sla_window(job: Job) -> dt.timedelta:

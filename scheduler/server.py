@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lifeboat import config as config_module
 from lifeboat.bootstrap import GrpcDaemon, ServiceSpec
+from lifeboat.clock import SYSTEM, Clock
 from lifeboat.security import daemon_identity, guard_for
 from lifeboat.v1 import scheduler_pb2, scheduler_pb2_grpc
 from scheduler.fleet import Scheduler
@@ -18,13 +19,15 @@ def build(
     listen: str,
     settings: SchedulerSettings | None = None,
     clients: HostClientFactory | None = None,
+    clock: Clock = SYSTEM,
 ) -> tuple[GrpcDaemon, Scheduler]:
-    """The daemon and its scheduler, neither started; tests start them on port 0."""
+    """The daemon and its scheduler, neither started; tests start them on port 0 (and may
+    give them a clock they turn by hand)."""
     settings = settings or SchedulerSettings()
     section = config.scheduler_security
     guard = guard_for(config, section, listen, ("scheduler.listen", config.scheduler_listen))
     identity = daemon_identity(config, section)
-    scheduler = Scheduler(config, clients or grpc_clients(settings, identity), settings)
+    scheduler = Scheduler(config, clients or grpc_clients(settings, identity), settings, clock)
     servicer = SchedulerServicer(scheduler)
 
     async def reload() -> None:
@@ -46,6 +49,7 @@ def build(
         on_stop=scheduler.stop,
         guard=guard,
         section=lambda new: new.scheduler_security,
+        config_path=config.path,
     )
     scheduler.on_apply = daemon.reload_security
     return daemon, scheduler

@@ -21,8 +21,9 @@ class SchedulerSettings:
     restore_poll_interval: float = 5.0
     # How long a "no restores running" answer is trusted.
     restore_check_cache: float = 1.0
-    # Re-read every job status of a host this often (catches changes made behind our back).
-    resync_interval: float = 600.0
+    # Re-read every job status of a host this often: revisions deleted behind the
+    # scheduler's back (by hand, DeleteRevision, DeleteJobData) are noticed within it.
+    scan_interval: float = 60.0
     # A backup that ended RETRY_LATER (freeze hook exit 75) runs again after this delay.
     retry_later_delay: dt.timedelta = dt.timedelta(minutes=1)
     # Failed backups retry after schedule.backoff(failures, base, cap).

@@ -4,26 +4,14 @@ in plaintext and over mTLS."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.processes import REPO, fleet, free_port
+from tests.support.processes import fleet, free_port, lifeboat
 from tests.support.transport import Transport
 
 pytestmark = pytest.mark.e2e
-
-
-def lifeboat(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lifeboat.admin", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
 
 
 def test_backup_revisions_verify(tmp_path: Path, transport: Transport) -> None:

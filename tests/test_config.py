@@ -231,6 +231,12 @@ OUT_OF_BOUNDS = "between 1s and 100 years"
             id="interval-under-a-second",
         ),
         pytest.param(
+            {"schedules/default/hourly/interval": 90.5},
+            "schedules.default.hourly.interval",
+            "must be a whole number of seconds, got 90.5",
+            id="interval-fraction-of-a-second",
+        ),
+        pytest.param(
             {"global/restore-within": "36526d"},
             "global.restore-within",
             OUT_OF_BOUNDS,
@@ -415,6 +421,41 @@ def test_missing_file_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         config.load(str(tmp_path / "absent.yaml"))
     assert "absent.yaml" in str(caught.value)
+
+
+def test_directory_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.load(str(tmp_path))
+    assert (caught.value.path, caught.value.key) == (str(tmp_path), "(file)")
+    assert caught.value.problem == "Is a directory"
+
+
+@pytest.mark.parametrize(
+    ("error", "key", "problem"),
+    [
+        pytest.param(
+            ConfigError("other.yaml", "jobs.x", "bad"), "jobs.x", "bad", id="config-error-as-is"
+        ),
+        pytest.param(
+            ValueError("interval must be whole"),
+            "(reload)",
+            "ValueError: interval must be whole",
+            id="bug",
+        ),
+        pytest.param(
+            RuntimeError("line one\nline " + "x" * 1000),
+            "(reload)",
+            ("RuntimeError: line one line " + "x" * 1000)[:400] + "...",
+            id="long-bug-one-short-line",
+        ),
+    ],
+)
+def test_reload_error_names_the_file_key_and_problem(
+    error: Exception, key: str, problem: str
+) -> None:
+    failure = config.reload_error("fleet.yaml", error)
+    assert (failure.key, failure.problem) == (key, problem)
+    assert failure.path == ("other.yaml" if isinstance(error, ConfigError) else "fleet.yaml")
 
 
 def test_yaml_syntax_error(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from scheduler.planner import (
     record_result,
     run_tags,
     urgency,
+    vanished_tags,
 )
 
 S = dt.timedelta(seconds=1)
@@ -116,6 +117,76 @@ UP_TO_DATE = {"hourly": t("2026-11-26T19:21:00"), "daily": t("2026-11-25T23:21:0
 )
 def test_planned_run(track: JobTrack, plan: Plan | None) -> None:
     assert planned_run(track, NOW) == plan
+
+
+# What a host reports after revisions were deleted behind the scheduler's back: the plan
+# is the same pure function of the tag times that are left.
+@pytest.mark.parametrize(
+    ("left", "plan"),
+    [
+        pytest.param({}, Plan(NOW, frozenset({"hourly", "daily"})), id="every-revision-deleted"),
+        pytest.param(
+            {"hourly": t("2026-11-26T17:21:00"), "daily": t("2026-11-25T23:21:00")},
+            Plan(NOW, frozenset({"hourly"})),
+            id="newest-deleted-older-one-misses-a-slot",
+        ),
+        pytest.param(
+            {"hourly": t("2026-11-25T19:21:00"), "daily": t("2026-11-24T23:21:00")},
+            Plan(NOW, frozenset({"hourly", "daily"})),
+            id="a-day-of-revisions-deleted",
+        ),
+        pytest.param(
+            {"hourly": t("2026-11-26T19:21:00"), "daily": t("2026-11-25T23:21:00")},
+            Plan(t("2026-11-26T20:20:36"), frozenset({"hourly"})),
+            id="an-older-revision-deleted-changes-nothing",
+        ),
+        pytest.param(
+            {"manual:before-upgrade": t("2026-11-26T19:00:00")},
+            Plan(NOW, frozenset({"hourly"})),
+            id="only-a-manual-revision-left-measures-from-it",
+        ),
+    ],
+)
+def test_planned_run_after_revisions_vanished(left: dict[str, dt.datetime], plan: Plan) -> None:
+    assert planned_run(JobTrack(JOB, synced=True, last_tag_times=left), NOW) == plan
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "gone"),
+    [
+        pytest.param(UP_TO_DATE, UP_TO_DATE, (), id="nothing-changed"),
+        pytest.param(UP_TO_DATE, {}, ("daily", "hourly"), id="every-revision-deleted"),
+        pytest.param(
+            UP_TO_DATE,
+            {**UP_TO_DATE, "hourly": t("2026-11-26T18:21:00")},
+            ("hourly",),
+            id="newest-hourly-deleted",
+        ),
+        pytest.param(
+            UP_TO_DATE,
+            {**UP_TO_DATE, "hourly": t("2026-11-26T20:21:00")},
+            (),
+            id="a-newer-backup-is-no-loss",
+        ),
+        pytest.param({}, UP_TO_DATE, (), id="first-report"),
+        pytest.param(
+            {**UP_TO_DATE, "manual:x": t("2026-11-26T19:00:00")},
+            UP_TO_DATE,
+            (),
+            id="manual-tag-removed-is-not-the-schedules-business",
+        ),
+        pytest.param(
+            {**UP_TO_DATE, "weekly": t("2026-11-20T00:00:00")},
+            UP_TO_DATE,
+            (),
+            id="tag-outside-the-schedule-ignored",
+        ),
+    ],
+)
+def test_vanished_tags(
+    before: dict[str, dt.datetime], after: dict[str, dt.datetime], gone: tuple[str, ...]
+) -> None:
+    assert vanished_tags(DEFAULT, before, after) == gone
 
 
 def test_planned_run_identical_after_a_restart() -> None:

@@ -133,6 +133,17 @@ def fleet(workdir: Path) -> Iterator[Fleet]:
         running.stop_all()
 
 
+def lifeboat(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The admin client `lifeboat --config CONFIG ARGS...` as a process."""
+    return subprocess.run(
+        [sys.executable, "-m", "lifeboat.admin", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+
+
 def grpcurl(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN / "grpcurl"), *args], capture_output=True, text=True, timeout=timeout
