@@ -280,6 +280,12 @@ def _space_errors() -> Iterator[None]:
         raise
 
 
+def committed_id(name: str) -> str | None:
+    """The revision id that a job directory's entry `name` commits (`<id>.rev`), if any."""
+    stem = name.removesuffix(".rev")
+    return stem if stem != name and REVISION_ID.fullmatch(stem) else None
+
+
 def _is_leftover(name: str, committed: set[str]) -> bool:
     """A file that recovery removes: a `.*.tmp` file, or an image/manifest without `.rev`."""
     if name.startswith(".") and name.endswith(".tmp"):
@@ -354,11 +360,16 @@ class JobDirectory:
 
     def revisions(self) -> list[RevisionMeta]:
         """The committed revisions (those with a `.rev`), oldest first."""
-        revisions = []
-        for revision_id in self._committed_ids():
-            with contextlib.suppress(NotFound):  # deleted since we listed it
-                revisions.append(self._read_meta(revision_id))
-        return revisions
+        listed = (self.listed_revision(revision_id) for revision_id in self._committed_ids())
+        return [meta for meta in listed if meta is not None]
+
+    def listed_revision(self, revision_id: str) -> RevisionMeta | None:
+        """What `revisions()` lists for the committed id `revision_id`: its metadata, or
+        None when it was deleted since the directory was listed."""
+        try:
+            return self._read_meta(revision_id)
+        except NotFound:
+            return None
 
     def revision(self, revision_id: str) -> RevisionMeta:
         """The committed revision `revision_id`, or the one `last` points at for "last"."""
@@ -547,11 +558,7 @@ class JobDirectory:
             return []
 
     def _committed_ids(self) -> list[str]:
-        return sorted(
-            name[:-4]
-            for name in self._names()
-            if name.endswith(".rev") and REVISION_ID.fullmatch(name[:-4])
-        )
+        return sorted(filter(None, map(committed_id, self._names())))
 
     def _all_ids(self) -> set[str]:
         """Every id that any file of this directory (committed or not) is named after."""
