@@ -2,6 +2,10 @@
 
 One backup per job at a time (an in-process map plus the job directory's
 flock), at most `worker-limit` backups per host; nothing is locked globally.
+Revisions and job status come from the revision cache (`lifeboat.revision_cache`),
+which this worker's own writes keep current. Methods that touch files are either
+async (they do so on threads) or for threads: the servicer never calls them on the
+event loop.
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ import datetime as dt
 import logging
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from backupd import hooks
 from backupd.backup import BackupSettings, back_up, source_description
@@ -47,11 +52,13 @@ from lifeboat.repository import (
     validate_job_name,
     validate_revision_id,
 )
+from lifeboat.revision_cache import JobListing, RevisionCache
 
 log = logging.getLogger("lifeboat.backupd")
 
 FULL_VERIFY_LIMITS = VerifyLimits(fraction=1.0, time_limit=7 * 24 * 3600.0)
 MANUAL = "manual:"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -139,20 +146,12 @@ def _check_tag(tag: str, schedule: Schedule | None, field_name: str) -> None:
         )
 
 
-def bytes_used(job_dir: JobDirectory) -> int:
-    """Allocated bytes of the job's files (shared reflinked extents count once per file)."""
-    total = 0
-    for entry in os.scandir(job_dir.path):
-        if entry.is_file(follow_symlinks=False):
-            total += entry.stat(follow_symlinks=False).st_blocks * 512
-    return total
-
-
 class BackupWorker:
     def __init__(self, settings: WorkerSettings, registry: OperationRegistry) -> None:
         self.settings = settings
         self.registry = registry
         self.repository = Repository(settings.base_dir)
+        self.revisions = RevisionCache()
         self.health: dict[str, JobHealth] = {}
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=64, thread_name_prefix="backupd"
@@ -161,6 +160,11 @@ class BackupWorker:
         # behind backups that hold every thread of `executor`.
         self.cleanup_executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="backupd-cleanup"
+        )
+        # Requests that wait for a job's lock (held by a backup for its whole duration)
+        # wait here: never on the event loop, nor on the threads that status calls use.
+        self.lock_waits = concurrent.futures.ThreadPoolExecutor(
+            max_workers=16, thread_name_prefix="backupd-lock-wait"
         )
         self._tasks: set[asyncio.Future[Any]] = set()
 
@@ -225,14 +229,29 @@ class BackupWorker:
             )
         return NotFound(message)
 
-    def start_backup(self, job_name: str, tags: Sequence[str]) -> tuple[OperationRecord, bool]:
+    async def start_backup(
+        self, job_name: str, tags: Sequence[str]
+    ) -> tuple[OperationRecord, bool]:
         """Start a backup of a configured job; returns (operation, started). A running backup
         is returned as is."""
         job = self.settings.jobs.get(job_name)
         if job is None:
             raise NotFound(self._not_configured(job_name))
         tags = check_tags(tags, job.schedule)
-        job_dir = self.repository.job(job.name)
+        record, started = self._start_backup(job, tags)
+        if started:
+            # Exists when the call returns, so the call's audit line lands in the job's log
+            # (the backup creates it as well, whatever becomes of this call).
+            await asyncio.to_thread(self._make_job_dir, job.name)
+        return record, started
+
+    def _make_job_dir(self, name: str) -> None:
+        self.repository.create()
+        self.repository.job(name).path.mkdir(mode=DIR_MODE, exist_ok=True)
+
+    def _start_backup(self, job: Job, tags: list[str]) -> tuple[OperationRecord, bool]:
+        """Without awaiting anything, so that no other start comes in between the checks
+        and the new operation."""
         running = self.registry.select(job=job.name, running_only=True, kind=OperationKind.BACKUP)
         if running:
             return running[0], False
@@ -243,10 +262,7 @@ class BackupWorker:
                 f"{self.settings.worker_limit}); try again later"
             )
         record = self.registry.create(OperationKind.BACKUP, job.name, tags=tuple(tags))
-        # Exists when the call returns, so the call's audit line lands in the job's log.
-        self.repository.create()
-        job_dir.path.mkdir(mode=DIR_MODE, exist_ok=True)
-        self._submit(record, self._run_backup, record, job, job_dir, tags)
+        self._submit(record, self._run_backup, record, job, self.repository.job(job.name), tags)
         return record, True
 
     def _submit(self, record: OperationRecord, function: Any, *args: Any) -> None:
@@ -311,6 +327,7 @@ class BackupWorker:
                 thaw=lambda: self._thaw(job, job_dir, record.name, thaw_errors),
             )
             record.revision_id = meta.id
+            self.revisions.remember(job_dir, meta)
             job_dir.append_log(self._describe_revision(meta))
             if thaw_errors:
                 raise FailedPrecondition(f"{thaw_errors[0]} (revision {meta.id} was written)")
@@ -379,70 +396,117 @@ class BackupWorker:
             if revision_id in plan.delete:
                 continue
             meta = by_id[revision_id]
-            job_dir.update(replace(meta, tags=sorted(set(meta.tags) - tags)))
+            self._update(job_dir, replace(meta, tags=sorted(set(meta.tags) - tags)))
             job_dir.append_log(
                 f"retention removed tags {','.join(sorted(tags))} from {revision_id}"
             )
         for revision_id in plan.delete:
-            job_dir.delete(revision_id)
+            self._delete(job_dir, revision_id)
             job_dir.append_log(f"retention deleted revision {revision_id} (no tags left)")
 
-    # -- revisions -------------------------------------------------------------------------
+    def _update(self, job_dir: JobDirectory, meta: RevisionMeta) -> None:
+        job_dir.update(meta)
+        self.revisions.remember(job_dir, meta)
+
+    def _delete(self, job_dir: JobDirectory, revision_id: str) -> None:
+        job_dir.delete(revision_id)
+        self.revisions.forget(job_dir, revision_id)
+
+    async def _when_locked(self, job_dir: JobDirectory, work: Callable[[], T]) -> T:
+        """`work()` on a thread holding the job's lock. A running backup holds it for its
+        whole duration: the wait is on a thread of `lock_waits`, and a caller that stops
+        waiting (its call is cancelled) leaves `work` undone when the lock comes free."""
+        given_up = threading.Event()
+
+        def locked() -> T:
+            with job_dir.lock(blocking=True):
+                if given_up.is_set():
+                    raise Cancelled(f"job {job_dir.name}: the caller stopped waiting for the lock")
+                return work()
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.lock_waits, locked)
+        except asyncio.CancelledError:
+            given_up.set()
+            raise
+
+    # -- revisions (the methods that read files are for threads, not the event loop) -------
+
+    def _no_revisions(self, job: str) -> NotFound:
+        return NotFound(f"job {job!r} has no revisions on host {self.settings.host}")
 
     def _existing_job(self, job: str) -> JobDirectory:
         job_dir = self.repository.job(job)
         if not job_dir.path.is_dir():
-            raise NotFound(f"job {job!r} has no revisions on host {self.settings.host}")
+            raise self._no_revisions(job)
         return job_dir
 
+    def job_listing(self, job: str) -> JobListing:
+        """The job's revisions as backupd keeps them in memory, refreshed on change."""
+        listing = self.revisions.listing(self.repository.job(job))
+        if listing is None:
+            raise self._no_revisions(job)
+        return listing
+
     def list_revisions(self, job: str) -> list[RevisionMeta]:
-        return self._existing_job(job).revisions()
+        return list(self.job_listing(job).revisions)
 
     def get_revision(self, job: str, revision_id: str) -> RevisionMeta:
         if not revision_id:
             raise InvalidArgument("revision_id", "required (an id or 'last')")
         return self._existing_job(job).revision(revision_id)
 
-    def delete_revision(self, job: str, revision_id: str, confirm: str) -> None:
+    async def delete_revision(self, job: str, revision_id: str, confirm: str) -> None:
         if confirm != revision_id:
             raise InvalidArgument("confirm_revision_id", "must repeat revision_id exactly")
         validate_revision_id(revision_id)  # an id, never "last": that changes under a backup
-        job_dir = self._existing_job(job)
-        meta = self.get_revision(job, revision_id)
-        with job_dir.lock(blocking=True):
-            job_dir.delete(meta.id)
+        # Unknown revisions are refused at once, not after waiting for the lock.
+        meta = await asyncio.to_thread(self.get_revision, job, revision_id)
+        job_dir = self.repository.job(job)
+
+        def delete() -> None:
+            self._delete(job_dir, meta.id)
             job_dir.append_log(f"revision {meta.id} deleted on request")
 
-    def update_tags(
+        await self._when_locked(job_dir, delete)
+
+    async def update_tags(
         self, job: str, revision_id: str, add: Sequence[str], remove: Sequence[str]
     ) -> RevisionMeta:
         if not add and not remove:
             raise InvalidArgument("add_tags", "give tags to add or to remove")
-        job_dir = self._existing_job(job)
+        job_dir = await asyncio.to_thread(self._existing_job, job)
         if add:
             configured = self.settings.jobs.get(job)
             add = check_tags(add, configured.schedule if configured else None, "add_tags")
-        with job_dir.lock(blocking=True):
-            meta = job_dir.revision(revision_id)
-            tags = sorted((set(meta.tags) | set(add)) - set(remove))
-            if add and len(tags) > MAX_TAGS:
-                raise InvalidArgument(
-                    "add_tags",
-                    f"revision {meta.id} would carry {len(tags)} tags (at most {MAX_TAGS})",
-                )
-            # Only tags the revision carried are logged: `remove` is unchecked caller input.
-            removed = sorted(set(meta.tags) - set(tags))
-            updated = replace(meta, tags=tags)
-            job_dir.update(updated)
-            job_dir.append_log(
-                f"revision {meta.id} tags changed on request: +{','.join(add)} -{','.join(removed)}"
+        return await self._when_locked(
+            job_dir, lambda: self._retag(job_dir, revision_id, add, remove)
+        )
+
+    def _retag(
+        self, job_dir: JobDirectory, revision_id: str, add: Sequence[str], remove: Sequence[str]
+    ) -> RevisionMeta:
+        """Under the job's lock."""
+        meta = job_dir.revision(revision_id)
+        tags = sorted((set(meta.tags) | set(add)) - set(remove))
+        if add and len(tags) > MAX_TAGS:
+            raise InvalidArgument(
+                "add_tags",
+                f"revision {meta.id} would carry {len(tags)} tags (at most {MAX_TAGS})",
             )
+        # Only tags the revision carried are logged: `remove` is unchecked caller input.
+        removed = sorted(set(meta.tags) - set(tags))
+        updated = replace(meta, tags=tags)
+        self._update(job_dir, updated)
+        job_dir.append_log(
+            f"revision {meta.id} tags changed on request: +{','.join(add)} -{','.join(removed)}"
+        )
         return updated
 
-    def start_verify(self, job: str, revision_id: str) -> OperationRecord:
-        meta = self.get_revision(job, revision_id or "last")
+    async def start_verify(self, job: str, revision_id: str) -> OperationRecord:
+        meta = await asyncio.to_thread(self.get_revision, job, revision_id or "last")
         record = self.registry.create(OperationKind.VERIFY, job, revision_id=meta.id)
-        self._submit(record, self._run_verify, record, self._existing_job(job), meta.id)
+        self._submit(record, self._run_verify, record, self.repository.job(job), meta.id)
         return record
 
     def _run_verify(self, record: OperationRecord, job_dir: JobDirectory, revision_id: str) -> None:
@@ -463,10 +527,11 @@ class BackupWorker:
         with job_dir.lock(blocking=True):
             current = job_dir.revision(meta.id)
             failed = result["state"] == "failed"
-            job_dir.update(
+            self._update(
+                job_dir,
                 replace(
                     current, verification=result, trust="distrusted" if failed else current.trust
-                )
+                ),
             )
         job_dir.append_log(f"verify of {meta.id} against its manifest: {result['state']}")
         if failed:
@@ -482,23 +547,18 @@ class BackupWorker:
         # Running first: a backup that ends in between is then seen as written, never
         # as neither running nor written (which would make the scheduler start it again).
         running = self.registry.select(job=job, running_only=True, kind=OperationKind.BACKUP)
-        revisions = job_dir.revisions() if job_dir.path.is_dir() else []
+        listing = self.revisions.listing(job_dir) or JobListing(job, (), 0)
         health = self.health.get(job, JobHealth())
-        tag_times: dict[str, dt.datetime] = {}
-        for meta in revisions:
-            for tag in meta.tags:
-                tag_times[tag] = max(tag_times.get(tag, meta.timestamp), meta.timestamp)
-        good = [r for r in revisions if r.good]
         return JobStatus(
             job=job,
-            last_revision=revisions[-1] if revisions else None,
-            last_good_revision=good[-1] if good else None,
+            last_revision=listing.last,
+            last_good_revision=listing.last_good,
             running=running[0] if running else None,
             last_error=health.last_error,
             last_error_time=health.last_error_time,
-            revision_count=len(revisions),
-            bytes_used=bytes_used(job_dir) if job_dir.path.is_dir() else 0,
-            last_tag_times=tag_times,
+            revision_count=len(listing.revisions),
+            bytes_used=listing.bytes_used,
+            last_tag_times=dict(listing.tag_times),
         )
 
     def job_statuses(self) -> list[JobStatus]:
@@ -540,3 +600,4 @@ class BackupWorker:
             record.cancel_requested.set()
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.cleanup_executor.shutdown(wait=True)
+        self.lock_waits.shutdown(wait=False, cancel_futures=True)
