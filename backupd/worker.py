@@ -152,6 +152,7 @@ class BackupWorker:
         self.registry = registry
         self.repository = Repository(settings.base_dir)
         self.revisions = RevisionCache()
+        self.reflink = False
         self.health: dict[str, JobHealth] = {}
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=64, thread_name_prefix="backupd"
@@ -174,6 +175,15 @@ class BackupWorker:
             settings = replace(settings, base_dir=self.settings.base_dir)
         self.settings = settings
         log.info("%d jobs configured for host %s", len(settings.jobs), settings.host)
+
+    def probe_reflink(self) -> None:
+        """Find out whether base-dir can clone files: at start and on reload, never per
+        call, since the probe writes two files there."""
+        try:
+            self.reflink = supports_reflink(self.settings.base_dir)
+        except OSError as error:
+            log.warning("cannot probe %s for reflinks: %s", self.settings.base_dir, error)
+            self.reflink = False
 
     def recover_all(self) -> None:
         """Remove leftovers of interrupted backups in every job directory, and take group
@@ -574,7 +584,7 @@ class BackupWorker:
             total_bytes=usage.total,
             running_backups=len(self.registry.running(OperationKind.BACKUP)),
             worker_limit=self.settings.worker_limit,
-            reflink=supports_reflink(base),
+            reflink=self.reflink,
         )
 
     def delete_job_data(self, job: str, confirm: str) -> int:

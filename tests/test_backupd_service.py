@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -647,3 +649,26 @@ async def test_a_delete_whose_caller_gave_up_waiting_is_not_done(served: Served)
     assert revision_id in [revision.id for revision in listed.revisions]
     log = (served.config.tmp_path / "repo" / "vm-held" / "log").read_text()
     assert "deleted on request" not in log
+
+
+async def test_reflink_is_probed_at_start_and_reload_not_per_call(xfs_dir: Path) -> None:
+    """The probe writes two files into base-dir: none appear while the host is asked."""
+    config = ConfigFile(xfs_dir)
+    config.add_job("vm-a")
+    daemon, _ = build(config.write(), HOST, "127.0.0.1:0")
+    port = await daemon.start()
+    base_dir = xfs_dir / "repo"
+    hour_ago = time.time_ns() - 3600 * 10**9
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = backup_pb2_grpc.BackupServiceStub(channel)
+            os.utime(base_dir, ns=(hour_ago, hour_ago))
+            for _ in range(10):
+                host = await stub.GetHostStatus(pb.GetHostStatusRequest())
+                assert host.reflink
+            assert base_dir.stat().st_mtime_ns == hour_ago, "no file came or went"
+            await daemon.reload()
+            assert base_dir.stat().st_mtime_ns > hour_ago, "probed again on reload"
+            assert (await stub.GetHostStatus(pb.GetHostStatusRequest())).reflink
+    finally:
+        await daemon.stop(grace=1)
