@@ -136,7 +136,8 @@ class BackupLoop:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(600)
+        if self._thread.ident is not None:
+            self._thread.join(600)
 
     def coverage(self, start: float, end: float) -> float:
         """The share of [start, end] during which a backup was running."""
@@ -269,8 +270,8 @@ def status(name: str) -> backup_pb2.GetJobStatusRequest:
 
 
 @contextmanager
-def busy_host(fs: Path, source_size: int) -> Iterator[tuple[Backupd, BackupLoop]]:
-    """backupd on `fs/repo`, with a backup of `vm-busy` running back to back."""
+def busy_host(fs: Path, source_size: int, idle: bool) -> Iterator[tuple[Backupd, BackupLoop]]:
+    """backupd on `fs/repo`, with a backup of `vm-busy` running back to back (unless idle)."""
     repository = Repository(fs / "repo")
     repository.create()
     started = time.monotonic()
@@ -282,9 +283,11 @@ def busy_host(fs: Path, source_size: int) -> Iterator[tuple[Backupd, BackupLoop]
     jobs = [job(name, FileSource(str(source))) for name in (*REVISIONS, BUSY)]
     with backupd(fs, repository.base_dir, jobs) as daemon:
         loop = BackupLoop(daemon.daemon.address, BUSY)
-        loop.start()
+        if not idle:
+            loop.start()
         try:
-            wait_running(daemon, BUSY)
+            if not idle:
+                wait_running(daemon, BUSY)
             yield daemon, loop
         finally:
             loop.stop()
@@ -298,6 +301,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--source-mib", type=int, default=1024, help="vm-busy's size (1 GiB)")
     parser.add_argument("--calls", type=int, default=200, help="one-at-a-time calls per job")
     parser.add_argument("--budget", type=float, default=20.0, help="seconds for those at most")
+    parser.add_argument(
+        "--idle", action="store_true", help="no backup meanwhile (for comparison: no targets)"
+    )
     add_backing_dir(parser)
     args, _ = parser.parse_known_args([a for a in argv if a != "status"])
     source_size = args.source_mib * MiB
@@ -310,7 +316,7 @@ def main(argv: list[str]) -> int:
             f"revisions, a {source_size / GiB:.2f} GiB job backed up back to back meanwhile, "
             f"on a loop-mounted XFS backed by {args.backing_dir}; {os.cpu_count()} cores"
         )
-        with busy_host(fs, source_size) as (daemon, loop):
+        with busy_host(fs, source_size, args.idle) as (daemon, loop):
             address = daemon.daemon.address
             rows = one_at_a_time(address, loop, args.calls, args.budget)
             rows += all_at_once(address, loop)
