@@ -9,9 +9,11 @@ temporary files come and go, its commits change the job directories).
 
     make bench BENCH=status
     .venv/bin/python -m bench.bench_status --source-mib 512 --calls 100
+    .venv/bin/python -m bench.bench_status --idle    # no backup meanwhile, no targets
 
-Figures:
-- (a) one GetJobStatus at a time: p50 and p99 latency for 10 and for 1,000 revisions;
+Figures (targets: < 10 ms; 0 errors and p99 < 1 s):
+- (a) one GetJobStatus at a time: p50 and p99 latency for 10 and for 1,000 revisions,
+  and errors; the same (errors only) for the job being backed up and ListJobStatuses;
 - (b) 1,000 calls at once (ListRevisions and GetJobStatus alternating, each with a 30 s
   deadline) on each job: errors and p99 latency.
 
