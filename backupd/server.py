@@ -39,6 +39,7 @@ def build(config: config_module.Config, host: str, listen: str) -> tuple[GrpcDae
     registry.bind_loop(asyncio.get_running_loop())
     worker = BackupWorker(worker_settings(config, host), registry)
     worker.recover_all()
+    worker.probe_reflink()
     servicer = BackupServicer(worker)
     path = config.path
     host_config = config.host(host)
@@ -49,6 +50,7 @@ def build(config: config_module.Config, host: str, listen: str) -> tuple[GrpcDae
     async def reload() -> None:
         new = await asyncio.to_thread(config_module.load, path)
         worker.reconfigure(worker_settings(new, host))
+        await asyncio.to_thread(worker.probe_reflink)
         daemon.reload_security(new)
 
     async def stop() -> None:

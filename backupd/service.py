@@ -1,4 +1,8 @@
-"""BackupService glue: unpack the request, call the worker, pack the response."""
+"""BackupService glue: unpack the request, call the worker, pack the response.
+
+Worker methods that read or write files run on threads (`asyncio.to_thread`), or are
+async themselves: nothing here blocks the event loop.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from backupd.worker import BackupWorker, JobStatus
 from lifeboat import clock, convert
 from lifeboat.errors import InvalidArgument
 from lifeboat.repository import Entry
+from lifeboat.revision_cache import JobListing
 from lifeboat.v1 import backup_pb2 as pb
 from lifeboat.v1 import backup_pb2_grpc as pb_grpc
 from lifeboat.v1 import resources_pb2
@@ -24,6 +29,9 @@ def _required(value: str, field: str) -> str:
 class BackupServicer(pb_grpc.BackupServiceServicer):
     def __init__(self, worker: BackupWorker) -> None:
         self.worker = worker
+        # Per job: the last listing's revisions and their reply, built again only when
+        # they change (1,000 revisions take 10 ms to convert).
+        self._listed: dict[str, tuple[tuple[Entry, ...], pb.ListRevisionsResponse]] = {}
 
     def _revision(self, entry: Entry) -> resources_pb2.Revision:
         path = self.worker.repository.job(entry.job).image_path(entry.id)
@@ -55,25 +63,35 @@ class BackupServicer(pb_grpc.BackupServiceServicer):
         if not self.worker.configures(job):
             # Off the event loop: telling "not configured" from "not reloaded" reads the file.
             raise await asyncio.to_thread(self.worker.unconfigured_error, job)
-        record, started = self.worker.start_backup(job, list(request.tags))
+        record, started = await self.worker.start_backup(job, list(request.tags))
         return pb.StartBackupResponse(operation=convert.operation_to_pb(record), started=started)
 
     async def ListRevisions(
         self, request: pb.ListRevisionsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListRevisionsResponse:
-        revisions = self.worker.list_revisions(_required(request.job, "job"))
-        return pb.ListRevisionsResponse(revisions=[self._revision(m) for m in revisions])
+        listing = await asyncio.to_thread(self.worker.job_listing, _required(request.job, "job"))
+        return self._listing_reply(listing)
+
+    def _listing_reply(self, listing: JobListing) -> pb.ListRevisionsResponse:
+        known = self._listed.get(listing.job)
+        if known is not None and known[0] is listing.entries:
+            return known[1]
+        reply = pb.ListRevisionsResponse(revisions=[self._revision(e) for e in listing.entries])
+        self._listed[listing.job] = (listing.entries, reply)
+        return reply
 
     async def GetRevision(
         self, request: pb.GetRevisionRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetRevisionResponse:
-        entry = self.worker.get_entry(_required(request.job, "job"), request.revision_id)
+        entry = await asyncio.to_thread(
+            self.worker.get_entry, _required(request.job, "job"), request.revision_id
+        )
         return pb.GetRevisionResponse(revision=self._revision(entry))
 
     async def DeleteRevision(
         self, request: pb.DeleteRevisionRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteRevisionResponse:
-        self.worker.delete_revision(
+        await self.worker.delete_revision(
             _required(request.job, "job"),
             _required(request.revision_id, "revision_id"),
             request.confirm_revision_id,
@@ -83,7 +101,7 @@ class BackupServicer(pb_grpc.BackupServiceServicer):
     async def UpdateRevisionTags(
         self, request: pb.UpdateRevisionTagsRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpdateRevisionTagsResponse:
-        meta = self.worker.update_tags(
+        meta = await self.worker.update_tags(
             _required(request.job, "job"),
             _required(request.revision_id, "revision_id"),
             list(request.add_tags),
@@ -94,26 +112,25 @@ class BackupServicer(pb_grpc.BackupServiceServicer):
     async def VerifyRevision(
         self, request: pb.VerifyRevisionRequest, context: grpc.aio.ServicerContext
     ) -> pb.VerifyRevisionResponse:
-        record = self.worker.start_verify(_required(request.job, "job"), request.revision_id)
+        record = await self.worker.start_verify(_required(request.job, "job"), request.revision_id)
         return pb.VerifyRevisionResponse(operation=convert.operation_to_pb(record))
 
     async def GetJobStatus(
         self, request: pb.GetJobStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetJobStatusResponse:
-        status = self.worker.job_status(_required(request.job, "job"))
+        status = await asyncio.to_thread(self.worker.job_status, _required(request.job, "job"))
         return pb.GetJobStatusResponse(status=self._status(status))
 
     async def ListJobStatuses(
         self, request: pb.ListJobStatusesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListJobStatusesResponse:
-        return pb.ListJobStatusesResponse(
-            statuses=[self._status(s) for s in self.worker.job_statuses()]
-        )
+        statuses = await asyncio.to_thread(self.worker.job_statuses)
+        return pb.ListJobStatusesResponse(statuses=[self._status(s) for s in statuses])
 
     async def GetHostStatus(
         self, request: pb.GetHostStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetHostStatusResponse:
-        status = self.worker.host_status()
+        status = await asyncio.to_thread(self.worker.host_status)
         return pb.GetHostStatusResponse(
             host=status.host,
             base_dir=str(status.base_dir),
@@ -128,5 +145,7 @@ class BackupServicer(pb_grpc.BackupServiceServicer):
     async def DeleteJobData(
         self, request: pb.DeleteJobDataRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteJobDataResponse:
-        count = self.worker.delete_job_data(_required(request.job, "job"), request.confirm_job)
+        job = _required(request.job, "job")
+        count = await asyncio.to_thread(self.worker.delete_job_data, job, request.confirm_job)
+        self._listed.pop(job, None)
         return pb.DeleteJobDataResponse(revisions_deleted=count)

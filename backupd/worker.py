@@ -2,6 +2,10 @@
 
 One backup per job at a time (an in-process map plus the job directory's
 flock), at most `worker-limit` backups per host; nothing is locked globally.
+Revisions and job status come from the revision cache (`lifeboat.revision_cache`),
+which this worker's own writes keep current. Methods that touch files are either
+async (they do so on threads) or for threads: the servicer never calls them on the
+event loop.
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ import datetime as dt
 import logging
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from backupd import hooks
 from backupd.backup import BackupSettings, back_up, source_description
@@ -47,18 +52,19 @@ from lifeboat.repository import (
     Entry,
     JobDirectory,
     Repository,
-    RevisionListing,
     RevisionMeta,
     geometry_mismatch,
     manifest_problem,
     validate_job_name,
     validate_revision_id,
 )
+from lifeboat.revision_cache import JobListing, RevisionCache
 
 log = logging.getLogger("lifeboat.backupd")
 
 FULL_VERIFY_LIMITS = VerifyLimits(fraction=1.0, time_limit=7 * 24 * 3600.0)
 MANUAL = "manual:"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -163,15 +169,6 @@ def _manifest_of(job_dir: JobDirectory, meta: RevisionMeta) -> Manifest:
     return manifest
 
 
-def bytes_used(job_dir: JobDirectory) -> int:
-    """Allocated bytes of the job's files (shared reflinked extents count once per file)."""
-    total = 0
-    for entry in os.scandir(job_dir.path):
-        if entry.is_file(follow_symlinks=False):
-            total += entry.stat(follow_symlinks=False).st_blocks * 512
-    return total
-
-
 def _recover(job_dir: JobDirectory) -> None:
     """Remove an interrupted writer's leftovers (under the job's lock), saying so in the
     job's log."""
@@ -186,6 +183,8 @@ class BackupWorker:
         self.settings = settings
         self.registry = registry
         self.repository = Repository(settings.base_dir)
+        self.revisions = RevisionCache()
+        self.reflink = False
         self.health: dict[str, JobHealth] = {}
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=64, thread_name_prefix="backupd"
@@ -195,6 +194,11 @@ class BackupWorker:
         self.cleanup_executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="backupd-cleanup"
         )
+        # Requests that wait for a job's lock (held by a backup for its whole duration)
+        # wait here: never on the event loop, nor on the threads that status calls use.
+        self.lock_waits = concurrent.futures.ThreadPoolExecutor(
+            max_workers=16, thread_name_prefix="backupd-lock-wait"
+        )
         self._tasks: set[asyncio.Future[Any]] = set()
 
     def reconfigure(self, settings: WorkerSettings) -> None:
@@ -203,6 +207,15 @@ class BackupWorker:
             settings = replace(settings, base_dir=self.settings.base_dir)
         self.settings = settings
         log.info("%d jobs configured for host %s", len(settings.jobs), settings.host)
+
+    def probe_reflink(self) -> None:
+        """Find out whether base-dir can clone files: at start and on reload, never per
+        call, since the probe writes two files there."""
+        try:
+            self.reflink = supports_reflink(self.settings.base_dir)
+        except OSError as error:
+            log.warning("cannot probe %s for reflinks: %s", self.settings.base_dir, error)
+            self.reflink = False
 
     def recover_all(self) -> None:
         """Remove leftovers of interrupted backups in every job directory, and take group
@@ -254,14 +267,29 @@ class BackupWorker:
             )
         return NotFound(message)
 
-    def start_backup(self, job_name: str, tags: Sequence[str]) -> tuple[OperationRecord, bool]:
+    async def start_backup(
+        self, job_name: str, tags: Sequence[str]
+    ) -> tuple[OperationRecord, bool]:
         """Start a backup of a configured job; returns (operation, started). A running backup
         is returned as is."""
         job = self.settings.jobs.get(job_name)
         if job is None:
             raise NotFound(self._not_configured(job_name))
         tags = check_tags(tags, job.schedule)
-        job_dir = self.repository.job(job.name)
+        record, started = self._start_backup(job, tags)
+        if started:
+            # Exists when the call returns, so the call's audit line lands in the job's log
+            # (the backup creates it as well, whatever becomes of this call).
+            await asyncio.to_thread(self._make_job_dir, job.name)
+        return record, started
+
+    def _make_job_dir(self, name: str) -> None:
+        self.repository.create()
+        self.repository.job(name).path.mkdir(mode=DIR_MODE, exist_ok=True)
+
+    def _start_backup(self, job: Job, tags: list[str]) -> tuple[OperationRecord, bool]:
+        """Without awaiting anything, so that no other start comes in between the checks
+        and the new operation."""
         running = self.registry.select(job=job.name, running_only=True, kind=OperationKind.BACKUP)
         if running:
             return running[0], False
@@ -272,10 +300,7 @@ class BackupWorker:
                 f"{self.settings.worker_limit}); try again later"
             )
         record = self.registry.create(OperationKind.BACKUP, job.name, tags=tuple(tags))
-        # Exists when the call returns, so the call's audit line lands in the job's log.
-        self.repository.create()
-        job_dir.path.mkdir(mode=DIR_MODE, exist_ok=True)
-        self._submit(record, self._run_backup, record, job, job_dir, tags)
+        self._submit(record, self._run_backup, record, job, self.repository.job(job.name), tags)
         return record, True
 
     def _submit(self, record: OperationRecord, function: Any, *args: Any) -> None:
@@ -340,6 +365,7 @@ class BackupWorker:
                 thaw=lambda: self._thaw(job, job_dir, record.name, thaw_errors),
             )
             record.revision_id = meta.id
+            self.revisions.remember(job_dir, meta)
             job_dir.append_log(self._describe_revision(meta))
             if thaw_errors:
                 raise FailedPrecondition(f"{thaw_errors[0]} (revision {meta.id} was written)")
@@ -408,31 +434,63 @@ class BackupWorker:
             if revision_id in plan.delete:
                 continue
             meta = by_id[revision_id]
-            job_dir.update(replace(meta, tags=sorted(set(meta.tags) - tags)))
+            self._update(job_dir, replace(meta, tags=sorted(set(meta.tags) - tags)))
             job_dir.append_log(
                 f"retention removed tags {','.join(sorted(tags))} from {revision_id}"
             )
         for revision_id in plan.delete:
-            job_dir.delete(revision_id)
+            self._delete(job_dir, revision_id)
             job_dir.append_log(f"retention deleted revision {revision_id} (no tags left)")
 
-    # -- revisions -------------------------------------------------------------------------
+    def _update(self, job_dir: JobDirectory, meta: RevisionMeta) -> None:
+        job_dir.update(meta)
+        self.revisions.remember(job_dir, meta)
+
+    def _delete(self, job_dir: JobDirectory, revision_id: str) -> None:
+        job_dir.delete(revision_id)
+        self.revisions.forget(job_dir, revision_id)
+
+    async def _when_locked(self, job_dir: JobDirectory, work: Callable[[], T]) -> T:
+        """`work()` on a thread holding the job's lock. A running backup holds it for its
+        whole duration: the wait is on a thread of `lock_waits`, and a caller that stops
+        waiting (its call is cancelled) leaves `work` undone when the lock comes free."""
+        given_up = threading.Event()
+
+        def locked() -> T:
+            with job_dir.lock(blocking=True):
+                if given_up.is_set():
+                    raise Cancelled(f"job {job_dir.name}: the caller stopped waiting for the lock")
+                return work()
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.lock_waits, locked)
+        except asyncio.CancelledError:
+            given_up.set()
+            raise
+
+    # -- revisions (the methods that read files are for threads, not the event loop) -------
+
+    def _no_revisions(self, job: str) -> NotFound:
+        return NotFound(f"job {job!r} has no revisions on host {self.settings.host}")
 
     def _existing_job(self, job: str) -> JobDirectory:
         job_dir = self.repository.job(job)
         if not job_dir.path.is_dir():
-            raise NotFound(f"job {job!r} has no revisions on host {self.settings.host}")
+            raise self._no_revisions(job)
         return job_dir
 
-    @staticmethod
-    def _listing(job_dir: JobDirectory) -> RevisionListing:
-        """The job's revisions; a stale `last` is repaired on the way (backupd writes)."""
-        listing = job_dir.listing()
-        job_dir.repair_last(listing)
+    def job_listing(self, job: str) -> JobListing:
+        """The job's revisions as backupd keeps them in memory, refreshed on change; a
+        stale `last` is repaired on the way (backupd writes)."""
+        job_dir = self.repository.job(job)
+        listing = self.revisions.listing(job_dir)
+        if listing is None:
+            raise self._no_revisions(job)
+        job_dir.repair_last(listing.listing)
         return listing
 
     def list_revisions(self, job: str) -> list[Entry]:
-        return self._listing(self._existing_job(job)).entries()
+        return list(self.job_listing(job).entries)
 
     def get_entry(self, job: str, revision_id: str) -> Entry:
         """A revision by id, intact or damaged, or "last" (the newest good revision)."""
@@ -447,48 +505,60 @@ class BackupWorker:
             raise entry.error()
         return entry
 
-    def delete_revision(self, job: str, revision_id: str, confirm: str) -> None:
+    async def delete_revision(self, job: str, revision_id: str, confirm: str) -> None:
         if confirm != revision_id:
             raise InvalidArgument("confirm_revision_id", "must repeat revision_id exactly")
         validate_revision_id(revision_id)  # an id, never "last": that changes under a backup
-        job_dir = self._existing_job(job)
-        meta = self.get_entry(job, revision_id)  # damaged ones may be deleted too
-        with job_dir.lock(blocking=True):
-            job_dir.delete(meta.id)
+        # Unknown revisions are refused at once, not after waiting for the lock; damaged
+        # ones may be deleted too.
+        meta = await asyncio.to_thread(self.get_entry, job, revision_id)
+        job_dir = self.repository.job(job)
+
+        def delete() -> None:
+            self._delete(job_dir, meta.id)
             job_dir.append_log(f"revision {meta.id} deleted on request")
 
-    def update_tags(
+        await self._when_locked(job_dir, delete)
+
+    async def update_tags(
         self, job: str, revision_id: str, add: Sequence[str], remove: Sequence[str]
     ) -> RevisionMeta:
         if not add and not remove:
             raise InvalidArgument("add_tags", "give tags to add or to remove")
-        job_dir = self._existing_job(job)
+        job_dir = await asyncio.to_thread(self._existing_job, job)
         if add:
             configured = self.settings.jobs.get(job)
             add = check_tags(add, configured.schedule if configured else None, "add_tags")
-        with job_dir.lock(blocking=True):
-            meta = job_dir.revision(revision_id)
-            tags = sorted((set(meta.tags) | set(add)) - set(remove))
-            if add and len(tags) > MAX_TAGS:
-                raise InvalidArgument(
-                    "add_tags",
-                    f"revision {meta.id} would carry {len(tags)} tags (at most {MAX_TAGS})",
-                )
-            # Only tags the revision carried are logged: `remove` is unchecked caller input.
-            removed = sorted(set(meta.tags) - set(tags))
-            updated = replace(meta, tags=tags)
-            job_dir.update(updated)
-            job_dir.append_log(
-                f"revision {meta.id} tags changed on request: +{','.join(add)} -{','.join(removed)}"
+        return await self._when_locked(
+            job_dir, lambda: self._retag(job_dir, revision_id, add, remove)
+        )
+
+    def _retag(
+        self, job_dir: JobDirectory, revision_id: str, add: Sequence[str], remove: Sequence[str]
+    ) -> RevisionMeta:
+        """Under the job's lock."""
+        meta = job_dir.revision(revision_id)
+        tags = sorted((set(meta.tags) | set(add)) - set(remove))
+        if add and len(tags) > MAX_TAGS:
+            raise InvalidArgument(
+                "add_tags",
+                f"revision {meta.id} would carry {len(tags)} tags (at most {MAX_TAGS})",
             )
+        # Only tags the revision carried are logged: `remove` is unchecked caller input.
+        removed = sorted(set(meta.tags) - set(tags))
+        updated = replace(meta, tags=tags)
+        self._update(job_dir, updated)
+        job_dir.append_log(
+            f"revision {meta.id} tags changed on request: +{','.join(add)} -{','.join(removed)}"
+        )
         return updated
 
-    def start_verify(self, job: str, revision_id: str) -> OperationRecord:
-        entry = self.get_entry(job, revision_id or "last")
+    async def start_verify(self, job: str, revision_id: str) -> OperationRecord:
+        entry = await asyncio.to_thread(self.get_entry, job, revision_id or "last")
         if isinstance(entry, DamagedRevision) and entry.meta is None:
             raise entry.error()  # without a readable `.rev` there is nowhere to record it
         record = self.registry.create(OperationKind.VERIFY, job, revision_id=entry.id)
-        self._submit(record, self._run_verify, record, self._existing_job(job), entry.id)
+        self._submit(record, self._run_verify, record, self.repository.job(job), entry.id)
         return record
 
     def _run_verify(self, record: OperationRecord, job_dir: JobDirectory, revision_id: str) -> None:
@@ -513,10 +583,11 @@ class BackupWorker:
         with job_dir.lock(blocking=True):
             current = job_dir.metadata(meta.id)
             failed = result["state"] == "failed"
-            job_dir.update(
+            self._update(
+                job_dir,
                 replace(
                     current, verification=result, trust="distrusted" if failed else current.trust
-                )
+                ),
             )
         job_dir.append_log(f"verify of {meta.id} against its manifest: {result['state']}")
         if failed:
@@ -525,40 +596,36 @@ class BackupWorker:
                 f"{result['mismatched-offsets']}: revision distrusted"
             )
 
-    @staticmethod
-    def _distrust_unreadable(job_dir: JobDirectory, revision_id: str, problem: str) -> None:
+    def _distrust_unreadable(self, job_dir: JobDirectory, revision_id: str, problem: str) -> None:
         """Record that the revision's manifest cannot be used: a failed verification."""
         with job_dir.lock(blocking=True):
             current = job_dir.metadata(revision_id)
-            job_dir.update(
-                replace(current, trust=DISTRUSTED, verification=manifest_problem(problem))
+            self._update(
+                job_dir, replace(current, trust=DISTRUSTED, verification=manifest_problem(problem))
             )
         job_dir.append_log(f"verify of {revision_id}: failed, revision distrusted: {problem}")
 
     # -- status ----------------------------------------------------------------------------
 
     def job_status(self, job: str) -> JobStatus:
-        job_dir = self.repository.job(job)
         # Running first: a backup that ends in between is then seen as written, never
         # as neither running nor written (which would make the scheduler start it again).
         running = self.registry.select(job=job, running_only=True, kind=OperationKind.BACKUP)
-        exists = job_dir.path.is_dir()
-        listing = self._listing(job_dir) if exists else RevisionListing([], [])
+        try:
+            listing = self.job_listing(job)
+        except NotFound:
+            listing = JobListing(job, (), 0)
         health = self.health.get(job, JobHealth())
-        tag_times: dict[str, dt.datetime] = {}
-        for meta in listing.revisions:
-            for tag in meta.tags:
-                tag_times[tag] = max(tag_times.get(tag, meta.timestamp), meta.timestamp)
         return JobStatus(
             job=job,
-            last_revision=listing.newest,
-            last_good_revision=listing.last(),
+            last_revision=listing.last,
+            last_good_revision=listing.last_good,
             running=running[0] if running else None,
             last_error=health.last_error,
             last_error_time=health.last_error_time,
-            revision_count=len(listing.revisions) + len(listing.damaged),
-            bytes_used=bytes_used(job_dir) if exists else 0,
-            last_tag_times=tag_times,
+            revision_count=len(listing.entries),
+            bytes_used=listing.bytes_used,
+            last_tag_times=dict(listing.tag_times),
             damaged=listing.damaged,
         )
 
@@ -575,7 +642,7 @@ class BackupWorker:
             total_bytes=usage.total,
             running_backups=len(self.registry.running(OperationKind.BACKUP)),
             worker_limit=self.settings.worker_limit,
-            reflink=supports_reflink(base),
+            reflink=self.reflink,
         )
 
     def delete_job_data(self, job: str, confirm: str) -> int:
@@ -601,3 +668,4 @@ class BackupWorker:
             record.cancel_requested.set()
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.cleanup_executor.shutdown(wait=True)
+        self.lock_waits.shutdown(wait=False, cancel_futures=True)

@@ -432,6 +432,12 @@ def _space_errors() -> Iterator[None]:
         raise
 
 
+def committed_id(name: str) -> str | None:
+    """The revision id that a job directory's entry `name` commits (`<id>.rev`), if any."""
+    stem = name.removesuffix(".rev")
+    return stem if stem != name and REVISION_ID.fullmatch(stem) else None
+
+
 def _is_leftover(name: str, committed: set[str]) -> bool:
     """A file that recovery removes: a `.*.tmp` file, or an image/manifest without `.rev`."""
     if name.startswith(".") and name.endswith(".tmp"):
@@ -526,6 +532,15 @@ class JobDirectory:
                 raise NotFound(f"job {self.name} has no good revision")
             return last
         return self._report(self._inspect(validate_revision_id(revision_id)))
+
+    def listed_revision(self, revision_id: str) -> Entry | None:
+        """What `listing()` lists for the committed id `revision_id`: intact or damaged
+        (damage reported once), or None when it was deleted since the directory was
+        listed."""
+        try:
+            return self._report(self._inspect(revision_id))
+        except NotFound:
+            return None
 
     def revision(self, revision_id: str) -> RevisionMeta:
         """The committed revision `revision_id` (or "last"); RevisionDamaged
@@ -739,11 +754,7 @@ class JobDirectory:
             return []
 
     def _committed_ids(self) -> list[str]:
-        return sorted(
-            name[:-4]
-            for name in self._names()
-            if name.endswith(".rev") and REVISION_ID.fullmatch(name[:-4])
-        )
+        return sorted(filter(None, map(committed_id, self._names())))
 
     def _all_ids(self) -> set[str]:
         """Every id that any file of this directory (committed or not) is named after."""
@@ -787,11 +798,9 @@ class JobDirectory:
         """The revisions `revision_ids` as found (those deleted meanwhile left out), each
         damaged one reported."""
         for revision_id in revision_ids:
-            try:
-                entry = self._inspect(revision_id)
-            except NotFound:  # deleted since we listed it
-                continue
-            yield self._report(entry)
+            entry = self.listed_revision(revision_id)
+            if entry is not None:
+                yield entry
 
     def _report(self, entry: Entry) -> Entry:
         """Write damage to the job's log (and the daemon's) the first time it is seen; a

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import random
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import time
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from backupd.server import build
+from backupd.worker import BackupWorker
 from lifeboat import config as config_module
 from lifeboat.bootstrap import GrpcDaemon
+from lifeboat.repository import DISTRUSTED, Repository
 from lifeboat.v1 import backup_pb2 as pb
 from lifeboat.v1 import backup_pb2_grpc, operations_pb2, operations_pb2_grpc, resources_pb2
 
@@ -69,6 +75,7 @@ class Client:
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.backup = backup_pb2_grpc.BackupServiceStub(channel)
         self.operations = operations_pb2_grpc.OperationServiceStub(channel)
+        self.health = health_pb2_grpc.HealthStub(channel)
 
     async def wait(self, name: str) -> resources_pb2.Operation:
         last = resources_pb2.Operation()
@@ -99,6 +106,7 @@ class Served:
     client: Client
     daemon: GrpcDaemon
     config: ConfigFile
+    worker: BackupWorker
 
     async def reload(self) -> None:
         """What SIGHUP does."""
@@ -109,10 +117,10 @@ class Served:
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
     config = ConfigFile(tmp_path)
     config.add_job("vm-a")
-    daemon, _ = build(config.write(), HOST, "127.0.0.1:0")
+    daemon, worker = build(config.write(), HOST, "127.0.0.1:0")
     port = await daemon.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        yield Served(Client(channel), daemon, config)
+        yield Served(Client(channel), daemon, config, worker)
     await daemon.stop(grace=1)
 
 
@@ -512,3 +520,155 @@ async def test_a_long_revision_id_or_operation_name_is_not_repeated(served: Serv
         await client.operations.GetOperation(operations_pb2.GetOperationRequest(name=LONG_NAME))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert len(caught.value.details() or "") < 300
+
+
+# --- status is cheap and never blocks -----------------------------------------------------
+
+
+async def test_status_calls_never_fail_while_backups_commit(served: Served) -> None:
+    """A backup's temporary files are renamed while the job's status is taken."""
+    client = served.client
+    served.config.add_job("vm-busy")
+    await served.reload()
+    await client.back_up("vm-busy")
+    backups_done = asyncio.Event()
+    answered: list[str] = []
+    failed: list[str] = []
+
+    async def back_up_repeatedly() -> None:
+        for _ in range(15):
+            await client.back_up("vm-busy")
+        backups_done.set()
+
+    async def ask_repeatedly() -> None:
+        while not backups_done.is_set():
+            for name, call in (
+                ("GetJobStatus", client.backup.GetJobStatus(pb.GetJobStatusRequest(job="vm-busy"))),
+                ("ListJobStatuses", client.backup.ListJobStatuses(pb.ListJobStatusesRequest())),
+                (
+                    "ListRevisions",
+                    client.backup.ListRevisions(pb.ListRevisionsRequest(job="vm-busy")),
+                ),
+            ):
+                try:
+                    await call
+                    answered.append(name)
+                except grpc.aio.AioRpcError as error:
+                    failed.append(f"{name}: {error.code().name} {error.details()}")
+
+    await asyncio.gather(back_up_repeatedly(), *(ask_repeatedly() for _ in range(8)))
+    assert failed == []
+    assert len(answered) > 150, len(answered)
+    status = await client.backup.GetJobStatus(pb.GetJobStatusRequest(job="vm-busy"))
+    assert status.status.revision_count == 16
+
+
+async def test_status_sees_a_revision_distrusted_by_another_process(served: Served) -> None:
+    """What restored writes (its own repository objects, its own lock) shows at once."""
+    client = served.client
+    done = await client.back_up("vm-a")
+    request = pb.GetJobStatusRequest(job="vm-a")
+    status = (await client.backup.GetJobStatus(request)).status
+    assert status.last_good_revision.id == done.revision_id
+
+    job = Repository(served.config.tmp_path / "repo").job("vm-a")
+    with job.lock():
+        job.update(replace(job.revision(done.revision_id), trust=DISTRUSTED))
+
+    status = (await client.backup.GetJobStatus(request)).status
+    assert status.last_revision.trust == resources_pb2.TRUST_DISTRUSTED
+    assert not status.HasField("last_good_revision")
+
+
+async def held_backup(served: Served, name: str) -> tuple[str, Path, resources_pb2.Operation]:
+    """A job with one revision, and a second backup of it that holds the job's lock
+    until the returned file is created (its freeze hook waits for it)."""
+    release = served.config.tmp_path / f"{name}.release"
+    release.touch()
+    served.config.add_job(name, freeze=f"while [ ! -e {release} ]; do sleep 0.01; done")
+    await served.reload()
+    first = await served.client.back_up(name)
+    release.unlink()
+    started = await served.client.backup.StartBackup(
+        pb.StartBackupRequest(job=name, tags=["hourly"])
+    )
+    async for reply in served.client.operations.WatchOperation(
+        operations_pb2.WatchOperationRequest(name=started.operation.name), timeout=60
+    ):
+        if reply.operation.state == resources_pb2.OPERATION_STATE_RUNNING:
+            break  # it holds the lock from before it runs until it ends
+    return first.revision_id, release, started.operation
+
+
+def delete_request(job: str, revision_id: str) -> pb.DeleteRevisionRequest:
+    return pb.DeleteRevisionRequest(
+        job=job, revision_id=revision_id, confirm_revision_id=revision_id
+    )
+
+
+async def within_a_second(call: Awaitable[object]) -> None:
+    await asyncio.wait_for(call, 1.0)
+
+
+async def test_the_daemon_answers_while_a_delete_waits_for_a_backups_lock(
+    served: Served,
+) -> None:
+    client = served.client
+    revision_id, release, backup = await held_backup(served, "vm-held")
+    delete = asyncio.ensure_future(
+        client.backup.DeleteRevision(delete_request("vm-held", revision_id))
+    )
+
+    for _ in range(3):
+        await within_a_second(client.health.Check(health_pb2.HealthCheckRequest()))
+        await within_a_second(
+            client.operations.ListOperations(operations_pb2.ListOperationsRequest())
+        )
+        await within_a_second(client.backup.GetJobStatus(pb.GetJobStatusRequest(job="vm-held")))
+    assert not delete.done(), "the backup holds the job's lock"
+
+    release.touch()
+    await asyncio.wait_for(delete, 60)
+    assert (await client.wait(backup.name)).state == resources_pb2.OPERATION_STATE_SUCCEEDED
+    listed = await client.backup.ListRevisions(pb.ListRevisionsRequest(job="vm-held"))
+    assert revision_id not in [revision.id for revision in listed.revisions]
+
+
+async def test_a_delete_whose_caller_gave_up_waiting_is_not_done(served: Served) -> None:
+    client = served.client
+    revision_id, release, backup = await held_backup(served, "vm-held")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.backup.DeleteRevision(delete_request("vm-held", revision_id), timeout=0.5)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    release.touch()
+    assert (await client.wait(backup.name)).state == resources_pb2.OPERATION_STATE_SUCCEEDED
+    # The abandoned wait ends once it has the lock: after that, nothing more can happen.
+    await asyncio.to_thread(served.worker.lock_waits.shutdown, wait=True)
+    listed = await client.backup.ListRevisions(pb.ListRevisionsRequest(job="vm-held"))
+    assert revision_id in [revision.id for revision in listed.revisions]
+    log = (served.config.tmp_path / "repo" / "vm-held" / "log").read_text()
+    assert "deleted on request" not in log
+
+
+async def test_reflink_is_probed_at_start_and_reload_not_per_call(xfs_dir: Path) -> None:
+    """The probe writes two files into base-dir: none appear while the host is asked."""
+    config = ConfigFile(xfs_dir)
+    config.add_job("vm-a")
+    daemon, _ = build(config.write(), HOST, "127.0.0.1:0")
+    port = await daemon.start()
+    base_dir = xfs_dir / "repo"
+    hour_ago = time.time_ns() - 3600 * 10**9
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = backup_pb2_grpc.BackupServiceStub(channel)
+            os.utime(base_dir, ns=(hour_ago, hour_ago))
+            for _ in range(10):
+                host = await stub.GetHostStatus(pb.GetHostStatusRequest())
+                assert host.reflink
+            assert base_dir.stat().st_mtime_ns == hour_ago, "no file came or went"
+            await daemon.reload()
+            assert base_dir.stat().st_mtime_ns > hour_ago, "probed again on reload"
+            assert (await stub.GetHostStatus(pb.GetHostStatusRequest())).reflink
+    finally:
+        await daemon.stop(grace=1)

@@ -186,7 +186,7 @@ async def test_retention_expires_tags_and_deletes_untagged(
     for revision_id in ids[-2:]:
         assert (tmp_path / "repo" / "vm-a" / revision_id).read_bytes() == source.read_bytes()
 
-    harness.worker.update_tags("vm-a", ids[-2], ["manual:keep"], [])
+    await harness.worker.update_tags("vm-a", ids[-2], ["manual:keep"], [])
     for _ in range(3):
         current["now"] = next(times)
         assert (await harness.backup(job_for(source))).state == OperationState.SUCCEEDED
@@ -220,7 +220,7 @@ async def test_full_disk_fails_cleanly_and_keeps_older_revisions(tmp_path: Path)
 async def test_source_that_shrinks_mid_backup_fails_cleanly(tmp_path: Path) -> None:
     source = source_file(tmp_path / "vm.raw", 256 * MiB)
     harness = Harness(tmp_path / "repo")
-    record = harness.start(job_for(source))
+    record = await harness.start(job_for(source))
     async for update in harness.registry.watch(record.name, heartbeat=0.01):
         if update.bytes_done > 0 or update.state.finished:
             break

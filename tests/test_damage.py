@@ -230,7 +230,7 @@ async def test_verify_of_an_unknown_manifest_version_distrusts(host: Host) -> No
     sums = host.file(newest.id, DAMAGE["unknown-version-sums"])
     _unknown_version(sums)
     worker = host.backupd.worker
-    record = await host.backupd.finish(worker.start_verify("vm-a", newest.id))
+    record = await host.backupd.finish(await worker.start_verify("vm-a", newest.id))
     assert record.state == OperationState.FAILED
     assert str(sums) in record.error and "version" in record.error
     meta = host.job_dir().metadata(newest.id)
@@ -244,15 +244,15 @@ async def test_verify_of_a_damaged_rev_is_refused(host: Host) -> None:
     meta = await host.back_up()
     DAMAGE["empty-rev"].apply(host.file(meta.id, DAMAGE["empty-rev"]))
     with pytest.raises(RevisionDamaged, match="empty"):
-        host.backupd.worker.start_verify("vm-a", meta.id)
+        await host.backupd.worker.start_verify("vm-a", meta.id)
     with pytest.raises(NotFound, match="no good revision"):
-        host.backupd.worker.start_verify("vm-a", "")
+        await host.backupd.worker.start_verify("vm-a", "")
 
 
 async def test_a_damaged_revision_can_be_deleted(host: Host) -> None:
     older, newest = await host.back_up(), await host.back_up()
     DAMAGE["bad-yaml"].apply(host.file(newest.id, DAMAGE["bad-yaml"]))
-    host.backupd.worker.delete_revision("vm-a", newest.id, newest.id)
+    await host.backupd.worker.delete_revision("vm-a", newest.id, newest.id)
     assert [e.id for e in host.backupd.worker.list_revisions("vm-a")] == [older.id]
     assert sorted(os.listdir(host.repo / "vm-a")) == sorted(
         [".lock", "job.yaml", "log", "last", "last.rev", older.id, f"{older.id}.rev",

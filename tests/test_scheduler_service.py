@@ -299,7 +299,7 @@ async def backup_at(worker: BackupWorker, job: str, tags: list[str], at: dt.date
     offset = at - real_now()
     clock.now = lambda: real_now() + offset  # type: ignore[assignment]
     try:
-        record, started = worker.start_backup(job, tags)
+        record, started = await worker.start_backup(job, tags)
         assert started
         async for update in worker.registry.watch(record.name):
             record = update
@@ -427,7 +427,7 @@ async def test_running_backup_is_adopted_not_doubled(fleet: Fleet) -> None:
     name = quiet_name("vm-busy", fleet.config(), dt.timedelta(minutes=2))
     fleet.add_job(name, "b1", freeze=fleet.gated())
     worker = await fleet.start_backupd("b1")
-    record, _ = worker.start_backup(name, ["daily", "hourly"])
+    record, _ = await worker.start_backup(name, ["daily", "hourly"])
 
     await fleet.start_scheduler()
     view = await fleet.job(name)

@@ -345,7 +345,7 @@ async def test_cancel_mid_copy_leaves_nothing_and_the_next_backup_works(
         apply_data(writer, offset, data)
 
     monkeypatch.setattr(BlockWriter, "apply_data", apply_data_once_cancelled)
-    record = harness.start(job)
+    record = await harness.start(job)
     assert await asyncio.to_thread(copying.wait, 10)
     harness.registry.cancel(record.name)
     cancelled.set()

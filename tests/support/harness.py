@@ -39,9 +39,9 @@ class Harness:
         settings = self.worker.settings
         self.worker.reconfigure(replace(settings, jobs={**settings.jobs, job.name: job}))
 
-    def start(self, job: Job, tags: tuple[str, ...] = ("hourly",)) -> OperationRecord:
+    async def start(self, job: Job, tags: tuple[str, ...] = ("hourly",)) -> OperationRecord:
         self.configure(job)
-        record, started = self.worker.start_backup(job.name, list(tags))
+        record, started = await self.worker.start_backup(job.name, list(tags))
         assert started
         return record
 
@@ -51,4 +51,4 @@ class Harness:
         return record
 
     async def backup(self, job: Job, tags: tuple[str, ...] = ("hourly",)) -> OperationRecord:
-        return await self.finish(self.start(job, tags))
+        return await self.finish(await self.start(job, tags))
