@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.ceph import CephCluster, ceph_available
 from tests.support.needs import need
-from tests.support.processes import alive
+from tests.support.processes import gone_within
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -82,7 +82,7 @@ def test_bluestore_cluster_stores_rbd_images_in_its_block_file(
     finally:
         cluster.stop()
     assert set(pids) == {"mon.a", "osd.0"}
-    assert not any(alive(pid) for pid in pids.values())
+    assert gone_within(list(pids.values()), seconds=10)
     assert cluster.pids() == {}
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.ceph import LINK_SCRIPT, CephCluster, ceph_available, rbd_modules_importable
 from tests.support.needs import need
-from tests.support.processes import alive
+from tests.support.processes import alive, gone_within
 
 pytestmark = pytest.mark.ceph
 
@@ -201,7 +201,7 @@ def test_second_cluster_coexists_and_stops(ceph_cluster: CephCluster, tmp_path: 
         assert "only-here" not in ceph_cluster.rbd("ls", ceph_cluster.pool).stdout.split()
     finally:
         other.stop()
-    assert not any(alive(pid) for pid in pids.values())
+    assert gone_within(list(pids.values()), seconds=10)
     assert other.pids() == {}
     other.stop()  # idempotent
     # The session's cluster is unaffected.

@@ -32,6 +32,17 @@ def alive(pid: int) -> bool:
     return True
 
 
+def gone_within(pids: list[int], seconds: float) -> bool:
+    """Whether the processes are gone within `seconds`: a stopped daemon is an orphan until
+    init reaps it, which on a busy machine can lag."""
+    deadline = time.monotonic() + seconds
+    while any(alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
