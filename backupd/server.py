@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from backupd.backup import BackupSettings
 from backupd.service import BackupServicer
 from backupd.verify import VerifyLimits
 from backupd.worker import BackupWorker, WorkerSettings
 from lifeboat import config as config_module
-from lifeboat.bootstrap import GrpcDaemon, ServiceSpec, audit_to_job_log
-from lifeboat.operation_service import operation_service
-from lifeboat.operations import OperationRegistry
-from lifeboat.security import guard_for
+from lifeboat.bootstrap import GrpcDaemon, ServiceSpec
+from lifeboat.host_daemon import host_daemon, new_registry
 from lifeboat.v1 import backup_pb2, backup_pb2_grpc
 
 
@@ -35,45 +31,21 @@ def worker_settings(config: config_module.Config, host: str) -> WorkerSettings:
 
 def build(config: config_module.Config, host: str, listen: str) -> tuple[GrpcDaemon, BackupWorker]:
     """The daemon, not yet started; tests start it on port 0."""
-    registry = OperationRegistry(host)
-    registry.bind_loop(asyncio.get_running_loop())
+    registry = new_registry(host)
     worker = BackupWorker(worker_settings(config, host), registry)
     worker.recover_all()
     worker.probe_reflink()
     servicer = BackupServicer(worker)
-    path = config.path
-    host_config = config.host(host)
-    guard = guard_for(
-        config, host_config.security, listen, (f"hosts.{host}.backupd", host_config.backupd)
-    )
 
-    async def reload() -> None:
-        new = await asyncio.to_thread(config_module.load, path)
+    def apply(new: config_module.Config) -> None:
         worker.reconfigure(worker_settings(new, host))
-        await asyncio.to_thread(worker.probe_reflink)
-        daemon.reload_security(new)
+        worker.probe_reflink()
 
-    async def stop() -> None:
-        await asyncio.to_thread(worker.shutdown)
-
-    services = [
-        ServiceSpec(
-            backup_pb2.DESCRIPTOR.services_by_name["BackupService"].full_name,
-            lambda server: backup_pb2_grpc.add_BackupServiceServicer_to_server(servicer, server),
-        ),
-        operation_service(registry),
-    ]
-    daemon = GrpcDaemon(
-        "backupd",
-        listen,
-        services,
-        on_reload=reload,
-        on_stop=stop,
-        guard=guard,
-        section=lambda new: new.host(host).security,
-        job_log=audit_to_job_log(worker.repository),
-        config_path=path,
+    service = ServiceSpec(
+        backup_pb2.DESCRIPTOR.services_by_name["BackupService"].full_name,
+        lambda server: backup_pb2_grpc.add_BackupServiceServicer_to_server(servicer, server),
     )
+    daemon = host_daemon("backupd", config, host, listen, registry, worker, service, apply)
     return daemon, worker
 
 

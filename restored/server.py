@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from lifeboat import config as config_module
-from lifeboat.bootstrap import GrpcDaemon, ServiceSpec, audit_to_job_log
-from lifeboat.operation_service import operation_service
-from lifeboat.operations import OperationRegistry
-from lifeboat.security import guard_for
+from lifeboat.bootstrap import GrpcDaemon, ServiceSpec
+from lifeboat.host_daemon import host_daemon, new_registry
 from lifeboat.v1 import restore_pb2, restore_pb2_grpc
 from restored.service import RestoreServicer
 from restored.worker import RestoreSettings, RestoreWorker
@@ -30,43 +26,19 @@ def restore_settings(config: config_module.Config, host: str) -> RestoreSettings
 
 def build(config: config_module.Config, host: str, listen: str) -> tuple[GrpcDaemon, RestoreWorker]:
     """The daemon, not yet started; tests start it on port 0."""
-    registry = OperationRegistry(host)
-    registry.bind_loop(asyncio.get_running_loop())
+    registry = new_registry(host)
     worker = RestoreWorker(restore_settings(config, host), registry)
     worker.recover_interrupted()
     servicer = RestoreServicer(worker)
-    path = config.path
-    host_config = config.host(host)
-    guard = guard_for(
-        config, host_config.security, listen, (f"hosts.{host}.restored", host_config.restored)
-    )
 
-    async def reload() -> None:
-        new = await asyncio.to_thread(config_module.load, path)
+    def apply(new: config_module.Config) -> None:
         worker.reconfigure(restore_settings(new, host))
-        daemon.reload_security(new)
 
-    async def stop() -> None:
-        await asyncio.to_thread(worker.shutdown)
-
-    services = [
-        ServiceSpec(
-            restore_pb2.DESCRIPTOR.services_by_name["RestoreService"].full_name,
-            lambda server: restore_pb2_grpc.add_RestoreServiceServicer_to_server(servicer, server),
-        ),
-        operation_service(registry),
-    ]
-    daemon = GrpcDaemon(
-        "restored",
-        listen,
-        services,
-        on_reload=reload,
-        on_stop=stop,
-        guard=guard,
-        section=lambda new: new.host(host).security,
-        job_log=audit_to_job_log(worker.repository),
-        config_path=path,
+    service = ServiceSpec(
+        restore_pb2.DESCRIPTOR.services_by_name["RestoreService"].full_name,
+        lambda server: restore_pb2_grpc.add_RestoreServiceServicer_to_server(servicer, server),
     )
+    daemon = host_daemon("restored", config, host, listen, registry, worker, service, apply)
     return daemon, worker
 
 

@@ -19,6 +19,7 @@ RPC_LAYER = {
     "lifeboat.client",
     "lifeboat.convert",
     "lifeboat.grpc_errors",
+    "lifeboat.host_daemon",
     "lifeboat.operation_service",
     "lifeboat.request_bounds",
     "lifeboat.security",
