@@ -28,7 +28,7 @@ from lifeboat.config import HostConfig
 from lifeboat.errors import LifeboatError, NotFound, ResourceExhausted, Unavailable
 from lifeboat.model import Job
 from scheduler import planner
-from scheduler.hosts import BackupOperation, HostClient, JobReport
+from scheduler.hosts import BackupOperation, HostClient, JobOnHost
 from scheduler.planner import Backoff, JobTrack, JobView
 from scheduler.settings import SchedulerSettings
 
@@ -264,7 +264,7 @@ class HostScheduler:
             raise
         by_job = {report.job: report for report in reports}
         for job, operation in running_before.items():
-            report = by_job.get(job, JobReport(job))
+            report = by_job.get(job, JobOnHost(job))
             if report.running is None:
                 by_job[job] = replace(report, running=operation)
         self._others_running = sum(
@@ -273,7 +273,7 @@ class HostScheduler:
         for name, generation in generations.items():
             track = self.tracks.get(name)
             if track is not None and track.generation == generation:
-                self._apply_report(track, by_job.get(name, JobReport(name)))
+                self._apply_report(track, by_job.get(name, JobOnHost(name)))
         if not self.reachable:
             log.info("host %s is reachable again", self.host.name)
         self.reachable = True
@@ -289,7 +289,7 @@ class HostScheduler:
             len(self._ready),
         )
 
-    def _apply_report(self, track: JobTrack, report: JobReport) -> None:
+    def _apply_report(self, track: JobTrack, report: JobOnHost) -> None:
         gone = planner.vanished_tags(
             track.job.schedule, track.last_tag_times, report.last_tag_times
         )

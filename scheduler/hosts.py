@@ -35,7 +35,7 @@ class BackupOperation:
 
 
 @dataclass(frozen=True)
-class JobReport:
+class JobOnHost:
     """What a host knows about one job: when each tag was last written, what runs."""
 
     job: str
@@ -51,11 +51,11 @@ class HostClient(Protocol):
     `NotFound`, `InvalidArgument`, ... as the peer answered.
     """
 
-    async def job_reports(self) -> list[JobReport]:
+    async def job_reports(self) -> list[JobOnHost]:
         """Every job the host has data or a running backup for (BackupService.ListJobStatuses)."""
         ...
 
-    async def job_report(self, job: str) -> JobReport: ...
+    async def job_report(self, job: str) -> JobOnHost: ...
 
     async def start_backup(self, job: Job, tags: Sequence[str]) -> tuple[BackupOperation, bool]:
         """(operation, started); started is False when a backup of the job was already running."""

@@ -18,7 +18,7 @@ from lifeboat.v1 import (
     operations_pb2_grpc,
     resources_pb2,
 )
-from scheduler.hosts import BackupOperation, HostClient, JobReport
+from scheduler.hosts import BackupOperation, HostClient, JobOnHost
 from scheduler.settings import SchedulerSettings
 
 
@@ -39,8 +39,8 @@ def operation_from_pb(message: resources_pb2.Operation) -> BackupOperation:
     )
 
 
-def report_from_pb(status: resources_pb2.JobStatus) -> JobReport:
-    return JobReport(
+def report_from_pb(status: resources_pb2.JobStatus) -> JobOnHost:
+    return JobOnHost(
         job=status.job,
         last_tag_times={
             tag: stamp.ToDatetime(tzinfo=dt.UTC) for tag, stamp in status.last_tag_times.items()
@@ -69,7 +69,7 @@ class GrpcHostClient:
     def _backupd_peer(self) -> str:
         return f"host {self.host.name} backupd {self.host.backupd}"
 
-    async def job_reports(self) -> list[JobReport]:
+    async def job_reports(self) -> list[JobOnHost]:
         reply = await client.acall(
             self._backupd_peer,
             self._backups.ListJobStatuses,
@@ -78,7 +78,7 @@ class GrpcHostClient:
         )
         return [report_from_pb(status) for status in reply.statuses]
 
-    async def job_report(self, job: str) -> JobReport:
+    async def job_report(self, job: str) -> JobOnHost:
         reply = await client.acall(
             self._backupd_peer,
             self._backups.GetJobStatus,
