@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from restored.reader import Chunk, RevisionReader
-from restored.targets import TargetWriter
+from restored.targets import RestoreTarget
 
 DEFAULT_CHUNK_SIZE = 256 * 1024
 """Per read, hash and write. Small enough that the chunk is still in the CPU cache when
@@ -25,27 +25,28 @@ PROGRESS_INTERVAL = 0.2
 Progress = Callable[[int, int], None]
 
 
-def _apply(chunk: Chunk, writer: TargetWriter) -> None:
+def _apply(chunk: Chunk, target: RestoreTarget) -> None:
     for piece in chunk.pieces:
         if piece.data is not None:
-            writer.write(piece.offset, piece.data)
+            target.write(piece.offset, piece.data)
         else:
-            writer.zero(piece.offset, piece.length)
+            target.zero(piece.offset, piece.length)
 
 
 def copy_revision(
     reader: RevisionReader,
-    writer: TargetWriter,
+    target: RestoreTarget,
     progress: Progress,
     check_cancelled: Callable[[], None],
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> None:
-    """Write every verified chunk of `reader` to `writer` (not finished: the caller does)."""
+    """Write every verified chunk of `reader` to the opened `target` (not finished: the
+    caller does)."""
     buffer = bytearray(max(chunk_size, reader.block_size))
     total, done, reported_done, reported_time = reader.data_bytes, 0, 0, 0.0
     for chunk in reader.chunks(buffer):
         check_cancelled()
-        _apply(chunk, writer)
+        _apply(chunk, target)
         done += chunk.data_bytes
         now = time.monotonic()
         if done != reported_done and (

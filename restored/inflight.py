@@ -21,7 +21,7 @@ import yaml
 
 from lifeboat.errors import LifeboatError
 from lifeboat.repository import DIR_MODE, Repository, replace_file
-from restored.targets import TEMPORARY_SUFFIX
+from restored.targets import TEMPORARY_SUFFIX, TemporaryFile
 
 log = logging.getLogger("lifeboat.restored")
 
@@ -38,6 +38,12 @@ class InFlight:
     temporary: str
     device: int
     inode: int
+
+    @classmethod
+    def of(cls, operation: str, job: str, temporary: TemporaryFile) -> InFlight:
+        return cls(
+            operation, job, temporary.target, temporary.path, temporary.device, temporary.inode
+        )
 
 
 class InFlightRestores:

@@ -50,15 +50,7 @@ from restored.streams import (
     IdleStream,
     RevisionStream,
 )
-from restored.targets import (
-    FileWriter,
-    PathTarget,
-    Target,
-    TargetPolicy,
-    TargetWriter,
-    open_path_writer,
-    resolve_target,
-)
+from restored.targets import RestoreTarget, TargetPolicy, resolve_target
 from restored.throughput import FILE_NAME, ThroughputMeter
 
 log = logging.getLogger("lifeboat.restored")
@@ -232,18 +224,11 @@ class RestoreWorker:
 
     # -- restores --------------------------------------------------------------------------
 
-    def _open_writer(
-        self, target: Target, size: int, overwrite: bool, job: str, policy: TargetPolicy
-    ) -> TargetWriter:
-        if isinstance(target, PathTarget):
-            return open_path_writer(target, size, overwrite, policy)
-        from restored.rbd_target import RbdWriter  # needs the Ceph modules only when used
-
+    def _ceph_cluster(self, job: str) -> CephRbdSource | None:
+        """The cluster of RBD targets: the job's own source's, when it is one."""
         configured = self.settings.jobs.get(job)
-        cluster = configured.source if configured else None
-        return RbdWriter(
-            target, size, overwrite, cluster if isinstance(cluster, CephRbdSource) else None
-        )
+        source = configured.source if configured else None
+        return source if isinstance(source, CephRbdSource) else None
 
     def start_restore(self, request: RestoreRequest) -> OperationRecord:
         """Check everything, open source and target, and start the restore on its own thread.
@@ -254,8 +239,7 @@ class RestoreWorker:
         job_dir = self._job_dir(request.job)
         restore_within = self._restore_within(request.job, request.restore_within)
         meta = self.choose_revision(job_dir, request.choice)
-        policy = self._policy()
-        target = resolve_target(request.target, policy)
+        target = resolve_target(request.target, self._policy(), self._ceph_cluster(job_dir.name))
         self._claim(target.key)
         try:
             reader = RevisionReader(job_dir, meta)
@@ -263,7 +247,7 @@ class RestoreWorker:
             self._release(target.key)
             raise
         try:
-            writer = self._open_writer(target, reader.size, request.overwrite, job_dir.name, policy)
+            target.open(reader.size, request.overwrite)
         except BaseException:
             reader.close()
             self._release(target.key)
@@ -276,24 +260,22 @@ class RestoreWorker:
             restore_within=restore_within,
         )
         self._claimed(target.key, record)
-        if isinstance(writer, FileWriter):
-            self._record_in_flight(record, writer)
-        self._spawn(record, self._run_restore, record, job_dir, reader, writer, target)
+        self._record_in_flight(record, target)
+        self._spawn(record, self._run_restore, record, job_dir, reader, target)
         return record
 
     def recover_interrupted(self) -> None:
         """At start-up: remove the temporary files of restores that a restart interrupted."""
         self.in_flight.recover()
 
-    def _record_in_flight(self, record: OperationRecord, writer: FileWriter) -> None:
+    def _record_in_flight(self, record: OperationRecord, target: RestoreTarget) -> None:
         """A restore whose record cannot be written still runs: only a crash would leave
         its temporary file behind, as it did before records were kept."""
-        device, inode = writer.temporary_identity
-        restore = InFlight(
-            record.name, record.job, writer.description, writer.temporary_path, device, inode
-        )
+        temporary = target.temporary_file()
+        if temporary is None:
+            return
         try:
-            self.in_flight.record(restore)
+            self.in_flight.record(InFlight.of(record.name, record.job, temporary))
         except OSError as error:
             log.warning("%s: cannot record the restore in flight: %s", record.name, error)
 
@@ -313,8 +295,7 @@ class RestoreWorker:
         record: OperationRecord,
         job_dir: JobDirectory,
         reader: RevisionReader,
-        writer: TargetWriter,
-        target: Target,
+        target: RestoreTarget,
     ) -> None:
         started = time.monotonic()
         self.registry.start(record, reader.data_bytes)
@@ -329,15 +310,15 @@ class RestoreWorker:
         try:
             copy_revision(
                 reader,
-                writer,
+                target,
                 lambda done, total: self.registry.progress(record, done, total),
                 record.check_cancelled,
                 self.settings.chunk_size,
             )
-            writer.finish()
+            target.finish()
         except BaseException as failure:
             state, error = self._failure(failure, reader)
-            left = self._abort(writer)
+            left = self._abort(target)
             error = f"{error}; {left}" if left else error
         else:
             self.meter.record(reader.data_bytes, time.monotonic() - started)
@@ -373,12 +354,12 @@ class RestoreWorker:
         return OperationState.FAILED, f"internal error: {failure!r}"
 
     @staticmethod
-    def _abort(writer: TargetWriter) -> str:
+    def _abort(target: RestoreTarget) -> str:
         try:
-            return writer.abort()
+            return target.abort()
         except Exception as error:
-            log.exception("cleaning up %s failed", writer.description)
-            return f"cleaning up {writer.description} failed: {error}"
+            log.exception("cleaning up %s failed", target.describe())
+            return f"cleaning up {target.describe()} failed: {error}"
 
     @staticmethod
     def _log_end(

@@ -1,6 +1,6 @@
-"""restored's domain: which targets are allowed, reading a revision against its manifest,
-the throughput meter and marking revisions distrusted. Revisions come from the real
-backup worker."""
+"""restored's domain: reading a revision against its manifest, the throughput meter and
+marking revisions distrusted (targets: test_restore_targets.py). Revisions come from the
+real backup worker."""
 
 from __future__ import annotations
 
@@ -14,26 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from lifeboat.errors import (
-    AlreadyExists,
-    DataLoss,
-    InvalidArgument,
-    LifeboatError,
-    NotFound,
-    PermissionDenied,
-)
+from lifeboat.errors import DataLoss
 from lifeboat.model import FileSource, Job, Schedule, TagSpec
 from lifeboat.operations import OperationState
 from lifeboat.repository import DISTRUSTED, TRUSTED, Repository, RevisionMeta
 from restored.distrust import Distruster, Finding
 from restored.reader import CorruptRevision, RevisionReader
-from restored.targets import (
-    PathTarget,
-    RbdTarget,
-    TargetPolicy,
-    open_path_writer,
-    resolve_target,
-)
 from restored.throughput import FILE_NAME, ThroughputMeter
 from tests.support.harness import Harness
 from tests.support.images import flip_byte
@@ -66,148 +52,6 @@ async def back_up(harness: Harness, job: Job, tags: tuple[str, ...] = ("hourly",
     record = await harness.backup(job, tags)
     assert record.state == OperationState.SUCCEEDED, record.error
     return record.revision_id
-
-
-# --- targets --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def layout(tmp_path: Path) -> dict[str, Path]:
-    """restore/ (allowed), restore-evil/ and outside/ (not), repo/ (the repository)."""
-    paths = {name: tmp_path / name for name in ("restore", "restore-evil", "outside", "repo")}
-    for path in paths.values():
-        path.mkdir()
-    (paths["restore"] / "sub").mkdir()
-    (paths["restore"] / "escape").symlink_to(paths["outside"])
-    (paths["restore"] / "link.raw").symlink_to(paths["outside"] / "x.raw")
-    (paths["restore"] / "inner.raw").symlink_to(paths["restore"] / "sub" / "y.raw")
-    return paths
-
-
-def policy_for(layout: dict[str, Path], *extra: str) -> TargetPolicy:
-    return TargetPolicy("backup01", (str(layout["restore"]), "rbd:restore", *extra), layout["repo"])
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        pytest.param("{restore}/vm.raw", "{restore}/vm.raw", id="file-under-prefix"),
-        pytest.param("{restore}/sub/../vm.raw", "{restore}/vm.raw", id="dotdot-inside"),
-        pytest.param("{restore}/inner.raw", "{restore}/sub/y.raw", id="symlink-inside"),
-        pytest.param("rbd:restore/vm-web01", "rbd:restore/vm-web01", id="rbd-allowed-pool"),
-    ],
-)
-def test_allowed_targets_resolve(layout: dict[str, Path], text: str, expected: str) -> None:
-    names = {name: str(path) for name, path in layout.items()}
-    target = resolve_target(text.format(**names), policy_for(layout))
-    assert target.key == expected.format(**names)
-
-
-@pytest.mark.parametrize(
-    ("text", "error", "words"),
-    [
-        pytest.param("{outside}/vm.raw", PermissionDenied, "not under", id="outside"),
-        pytest.param("{restore}/../outside/vm.raw", PermissionDenied, "not under", id="dotdot"),
-        pytest.param("{restore}/escape/vm.raw", PermissionDenied, "not under", id="symlink-dir"),
-        pytest.param("{restore}/link.raw", PermissionDenied, "not under", id="symlink-file"),
-        pytest.param("{restore-evil}/vm.raw", PermissionDenied, "not under", id="string-prefix"),
-        pytest.param("{restore}/repo/vm.raw", PermissionDenied, "repository", id="in-repo"),
-        pytest.param("rbd:other/vm", PermissionDenied, "pool 'other'", id="rbd-other-pool"),
-        pytest.param("vm.raw", InvalidArgument, "target", id="relative"),
-        pytest.param("", InvalidArgument, "target", id="empty"),
-        pytest.param("rbd:restore", InvalidArgument, "rbd:POOL/IMAGE", id="rbd-no-image"),
-        pytest.param("rbd:restore/a/b", InvalidArgument, "rbd:POOL/IMAGE", id="rbd-namespace"),
-        pytest.param("rbd:restore/vm@snap", InvalidArgument, "rbd:POOL/IMAGE", id="rbd-snapshot"),
-    ],
-)
-def test_refused_targets(
-    layout: dict[str, Path], text: str, error: type[LifeboatError], words: str
-) -> None:
-    (layout["restore"] / "repo").symlink_to(layout["repo"])
-    names = {name: str(path) for name, path in layout.items()}
-    with pytest.raises(error) as raised:
-        resolve_target(text.format(**names), policy_for(layout))
-    assert words in str(raised.value)
-
-
-def test_repository_under_an_allowed_prefix_is_still_refused(tmp_path: Path) -> None:
-    policy = TargetPolicy("backup01", (str(tmp_path),), tmp_path / "repo")
-    (tmp_path / "repo").mkdir()
-    with pytest.raises(PermissionDenied, match="repository"):
-        resolve_target(str(tmp_path / "repo" / "vm-web01" / "x.raw"), policy)
-    assert isinstance(resolve_target(str(tmp_path / "x.raw"), policy), PathTarget)
-
-
-def test_rbd_target_parts(layout: dict[str, Path]) -> None:
-    target = resolve_target("rbd:restore/vm-web01.root", policy_for(layout))
-    assert target == RbdTarget("rbd:restore/vm-web01.root", "restore", "vm-web01.root")
-
-
-@pytest.mark.parametrize(
-    ("name", "overwrite", "error"),
-    [
-        pytest.param("exists.raw", False, AlreadyExists, id="existing-file"),
-        pytest.param("sub", True, InvalidArgument, id="directory"),
-        pytest.param("missing/vm.raw", False, NotFound, id="missing-directory"),
-    ],
-)
-def test_open_refuses(
-    layout: dict[str, Path], name: str, overwrite: bool, error: type[LifeboatError]
-) -> None:
-    (layout["restore"] / "exists.raw").write_bytes(b"keep me")
-    policy = policy_for(layout)
-    target = resolve_target(str(layout["restore"] / name), policy)
-    assert isinstance(target, PathTarget)
-    with pytest.raises(error):
-        open_path_writer(target, 4096, overwrite, policy)
-    assert (layout["restore"] / "exists.raw").read_bytes() == b"keep me"
-    assert sorted(p.name for p in layout["restore"].iterdir()) == [
-        "escape",
-        "exists.raw",
-        "inner.raw",
-        "link.raw",
-        "sub",
-    ]
-
-
-def test_directory_swapped_for_a_symlink_after_the_check_is_refused(
-    layout: dict[str, Path],
-) -> None:
-    policy = policy_for(layout)
-    target = resolve_target(str(layout["restore"] / "sub" / "vm.raw"), policy)
-    assert isinstance(target, PathTarget)
-    (layout["restore"] / "sub").rmdir()
-    (layout["restore"] / "sub").symlink_to(layout["outside"])
-    with pytest.raises(PermissionDenied):
-        open_path_writer(target, 4096, False, policy)
-    assert list(layout["outside"].iterdir()) == []
-
-
-@pytest.mark.parametrize(
-    ("existing", "final"),
-    [pytest.param(None, 0o600, id="new-file"), pytest.param(0o644, 0o644, id="replaced")],
-)
-def test_the_file_being_restored_is_private_until_it_is_in_place(
-    layout: dict[str, Path], existing: int | None, final: int
-) -> None:
-    path = layout["restore"] / "vm.raw"
-    if existing is not None:
-        path.write_bytes(b"old")
-        os.chmod(path, existing)
-    policy = policy_for(layout)
-    target = resolve_target(str(path), policy)
-    assert isinstance(target, PathTarget)
-    old_umask = os.umask(0o022)
-    try:
-        writer = open_path_writer(target, 4096, True, policy)
-    finally:
-        os.umask(old_umask)
-    writer.write(0, memoryview(b"new data"))
-    (temporary,) = layout["restore"].glob(".vm.raw.*.tmp")
-    assert stat.S_IMODE(temporary.stat().st_mode) == 0o600
-    writer.finish()
-    assert stat.S_IMODE(path.stat().st_mode) == final
-    assert path.read_bytes()[:8] == b"new data"
 
 
 # --- reading against the manifest ----------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 
 from lifeboat.repository import Repository
 from restored.inflight import DIRECTORY, InFlight, InFlightRestores
-from restored.targets import PathTarget, TargetPolicy, open_path_writer
+from restored.targets import FileTarget, TargetPolicy
 
 
 @pytest.fixture
@@ -24,15 +24,16 @@ def repository(tmp_path: Path) -> Repository:
 
 
 def in_flight(tmp_path: Path, target: Path) -> InFlight:
-    """A restore to `target` as restored starts it: the real writer's temporary file."""
+    """A restore to `target` as restored starts it: the real target's temporary file."""
     policy = TargetPolicy("backup01", (str(tmp_path / "restore"),), tmp_path / "repo")
-    writer = open_path_writer(PathTarget(str(target), str(target)), 4096, True, policy)
-    device, inode = writer.temporary_identity
-    os.close(writer.fd)  # as a killed restored leaves it: the file stays
-    os.close(writer.dir_fd)
-    return InFlight(
-        "restore-vm-a-1", "vm-a", writer.description, writer.temporary_path, device, inode
-    )
+    opened = FileTarget(str(target), str(target), policy)
+    opened.open(4096, overwrite=True)
+    temporary = opened.temporary_file()
+    assert temporary is not None
+    os.close(opened.fd)  # as a killed restored leaves it: the file stays
+    assert opened.directory is not None
+    opened.directory.close()
+    return InFlight.of("restore-vm-a-1", "vm-a", temporary)
 
 
 def job_log(repository: Repository) -> str:

@@ -51,7 +51,8 @@ def _unmount(mount_point: Path) -> None:
 
 
 @contextlib.contextmanager
-def _loop_device(image: Path) -> Iterator[str]:
+def loop_device(image: Path) -> Iterator[str]:
+    """A loop device on the file `image`, detached on exit. Needs root."""
     device = _run("losetup", "--find", "--show", str(image))
     try:
         yield device
@@ -93,7 +94,7 @@ def loop_mount(fs_type: str, size: int, workdir: Path, preallocate: bool = False
             os.posix_fallocate(file.fileno(), 0, size)
     try:
         _run(*MKFS[fs_type], str(image))
-        with _loop_device(image) as device, _mounted(device, mount_point):
+        with loop_device(image) as device, _mounted(device, mount_point):
             yield mount_point
     finally:
         image.unlink(missing_ok=True)
