@@ -179,6 +179,10 @@ _SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 class _MetaDumper(_SafeDumper):  # type: ignore[misc,valid-type]
     """SafeDumper that writes timestamps as ISO 8601 with a `T`, as in ARCHITECTURE.md."""
 
+    def ignore_aliases(self, data: Any) -> bool:
+        """Never `&id001`/`*id001`: the same time in two places is written twice."""
+        return True
+
 
 def _represent_datetime(dumper: yaml.SafeDumper, value: dt.datetime) -> yaml.ScalarNode:
     return dumper.represent_scalar("tag:yaml.org,2002:timestamp", value.isoformat())

@@ -76,6 +76,9 @@ DAMAGE = {
     ),
     "empty-rev": Damage(".rev", lambda path: path.write_bytes(b""), "empty"),
     "binary-rev": Damage(".rev", lambda path: path.write_bytes(b"\xff\xfe\x00id"), "not UTF-8"),
+    "unknown-version-rev": Damage(
+        ".rev", _replace_line(r"^version: 1$", "version: 2"), "version 2 is not supported"
+    ),
     "truncated-sums": Damage(".sums", _truncate, "bytes of digests"),
     "unknown-version-sums": Damage(".sums", _unknown_version, "manifest version b'9'"),
     "image-gone": Damage("", os.unlink, "No such file"),
