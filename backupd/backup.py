@@ -13,7 +13,6 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import xxhash
 
@@ -27,6 +26,7 @@ from lifeboat.errors import ResourceExhausted
 from lifeboat.manifest import ALGORITHM, DEFAULT_BLOCK_SIZE, DIGEST_SIZE, Manifest, zero_digest
 from lifeboat.model import Job
 from lifeboat.repository import JobDirectory, RevisionMeta, RevisionWriter
+from lifeboat.revision import Trust, Verification
 
 CHUNK_SIZE = 4 * 1024 * 1024
 # Changed extents closer than this are read as one: a round trip to the source costs
@@ -308,7 +308,7 @@ def back_up(
             size=manifest.size,
             block_size=manifest.block_size,
             checksum=ALGORITHM,
-            trust="distrusted" if verification["state"] == "failed" else "trusted",
+            trust=verification.trust_after(Trust.TRUSTED),
             source=source_description(job),
             stats=stats.as_dict(time.monotonic() - started, full=parent is None),
             verification=verification,
@@ -370,7 +370,7 @@ def _write_image(
     settings: BackupSettings,
     progress: Progress,
     check_cancelled: Callable[[], None],
-) -> tuple[WriteStats, dict[str, Any]]:
+) -> tuple[WriteStats, Verification]:
     """Find what changed, copy it into the new image, make that durable, verify the sample.
 
     An error reading or writing the image names it (and where it can, the offset)."""

@@ -12,13 +12,13 @@ from __future__ import annotations
 import bisect
 import concurrent.futures
 import contextlib
+import dataclasses
 import os
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import xxhash
 
@@ -27,6 +27,7 @@ from backupd.sources.base import Snapshot
 from lifeboat import clock
 from lifeboat.blockio import read_into
 from lifeboat.manifest import Manifest
+from lifeboat.revision import Against, Verification, VerificationState
 
 WINDOW_BLOCKS = 64
 # How far the stored copy of the sample is read into the page cache ahead of the
@@ -149,18 +150,21 @@ class Comparison:
                 bad.append(index * bs)
         return bad
 
-    def result(self, against: str) -> dict[str, Any]:
-        state = "failed" if self.mismatches else "partial" if self.partial else "passed"
-        return {
-            "state": state,
-            "against": against,
-            "blocks-checked": self.checked,
-            "blocks-total": self.manifest.block_count,
-            # Exactly which blocks were compared, as [first block, count] runs.
-            "checked-blocks": [list(run) for run in block_runs_of(self.checked_runs)],
-            "mismatched-offsets": self.mismatches[:MAX_REPORTED_MISMATCHES],
-            "time": clock.now(),
-        }
+    def result(self, against: Against) -> Verification:
+        return Verification(
+            state=self._state(),
+            against=against,
+            time=clock.now(),
+            blocks_checked=self.checked,
+            blocks_total=self.manifest.block_count,
+            checked_runs=tuple(block_runs_of(self.checked_runs)),
+            mismatched_offsets=tuple(self.mismatches[:MAX_REPORTED_MISMATCHES]),
+        )
+
+    def _state(self) -> VerificationState:
+        if self.mismatches:
+            return VerificationState.FAILED
+        return VerificationState.PARTIAL if self.partial else VerificationState.PASSED
 
 
 class Prefetcher:
@@ -293,7 +297,7 @@ class SampleVerifier:
                 outside.append(index)
         return [self.comparison.byte_range(first, count) for first, count in block_runs(outside)]
 
-    def finish(self, snapshot: Snapshot, check_cancelled: Callable[[], None]) -> dict[str, Any]:
+    def finish(self, snapshot: Snapshot, check_cancelled: Callable[[], None]) -> Verification:
         """Read the part of the sample the copy did not see from the source and check it."""
         remaining = self._unverified_runs()
         with snapshot.reading(self.comparison.byte_range(f, c) for f, c in remaining) as reads:
@@ -302,9 +306,9 @@ class SampleVerifier:
                     break
                 check_cancelled()
                 self.comparison.compare(first, count, source)
-        result = self.comparison.result("source")
+        result = self.comparison.result(Against.SOURCE)
         if not self.sampled:  # verify-fraction 0: nothing was meant to be compared
-            result["state"] = "skipped"
+            return dataclasses.replace(result, state=VerificationState.SKIPPED)
         return result
 
 
@@ -314,7 +318,7 @@ def verify_against_manifest(
     limits: VerifyLimits,
     progress: Callable[[int, int], None],
     check_cancelled: Callable[[], None],
-) -> dict[str, Any]:
+) -> Verification:
     """Read every block of a stored revision and compare it with its manifest."""
     comparison = Comparison(manifest, fd, limits)
     for first in range(0, manifest.block_count, MANIFEST_WINDOW_BLOCKS):
@@ -325,4 +329,4 @@ def verify_against_manifest(
         comparison.compare(first, count, None)
         offset, length = comparison.byte_range(first, count)
         progress(offset + length, manifest.size)
-    return comparison.result("manifest")
+    return comparison.result(Against.MANIFEST)

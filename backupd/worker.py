@@ -47,17 +47,16 @@ from lifeboat.model import Job, Schedule
 from lifeboat.operations import OperationKind, OperationRecord, OperationRegistry, OperationState
 from lifeboat.repository import (
     DIR_MODE,
-    DISTRUSTED,
     DamagedRevision,
     Entry,
     JobDirectory,
     Repository,
     RevisionMeta,
     geometry_mismatch,
-    manifest_problem,
     validate_job_name,
     validate_revision_id,
 )
+from lifeboat.revision import Trust, manifest_problem
 from lifeboat.revision_cache import JobListing, RevisionCache
 
 log = logging.getLogger("lifeboat.backupd")
@@ -372,7 +371,8 @@ class BackupWorker:
             if not meta.good:
                 raise FailedPrecondition(
                     f"verification of revision {meta.id} FAILED at offsets "
-                    f"{meta.verification.get('mismatched-offsets')}: revision distrusted; "
+                    f"{list(meta.verification.mismatched_offsets) if meta.verification else []}: "
+                    "revision distrusted; "
                     "the next backup will be full"
                 )
             # The source's cleanup waits on its own round trips (Ceph snapshot removal),
@@ -413,12 +413,16 @@ class BackupWorker:
     def _describe_revision(meta: RevisionMeta) -> str:
         stats, verification = meta.stats, meta.verification
         kind = "full" if stats.get("full") else f"changed blocks on parent {meta.parent}"
+        checked = (
+            f"verification {verification.state.value} "
+            f"({verification.blocks_checked}/{verification.blocks_total} blocks)"
+            if verification
+            else "not verified"
+        )
         return (
             f"backup wrote revision {meta.id} ({kind}): {stats.get('blocks-changed')} blocks changed, "
             f"{stats.get('bytes-written')} bytes written in {stats.get('duration')}s; "
-            f"verification {verification.get('state')} "
-            f"({verification.get('blocks-checked')}/{verification.get('blocks-total')} blocks); "
-            f"tags {','.join(meta.tags)}"
+            f"{checked}; tags {','.join(meta.tags)}"
         )
 
     def _expire(self, job_dir: JobDirectory, job: Job) -> None:
@@ -582,18 +586,15 @@ class BackupWorker:
             os.close(fd)
         with job_dir.lock(blocking=True):
             current = job_dir.metadata(meta.id)
-            failed = result["state"] == "failed"
             self._update(
                 job_dir,
-                replace(
-                    current, verification=result, trust="distrusted" if failed else current.trust
-                ),
+                replace(current, verification=result, trust=result.trust_after(current.trust)),
             )
-        job_dir.append_log(f"verify of {meta.id} against its manifest: {result['state']}")
-        if failed:
+        job_dir.append_log(f"verify of {meta.id} against its manifest: {result.state.value}")
+        if result.failed:
             raise FailedPrecondition(
                 f"revision {meta.id} does not match its manifest at offsets "
-                f"{result['mismatched-offsets']}: revision distrusted"
+                f"{list(result.mismatched_offsets)}: revision distrusted"
             )
 
     def _distrust_unreadable(self, job_dir: JobDirectory, revision_id: str, problem: str) -> None:
@@ -601,7 +602,8 @@ class BackupWorker:
         with job_dir.lock(blocking=True):
             current = job_dir.metadata(revision_id)
             self._update(
-                job_dir, replace(current, trust=DISTRUSTED, verification=manifest_problem(problem))
+                job_dir,
+                replace(current, trust=Trust.DISTRUSTED, verification=manifest_problem(problem)),
             )
         job_dir.append_log(f"verify of {revision_id}: failed, revision distrusted: {problem}")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
@@ -12,6 +11,7 @@ from lifeboat.errors import InvalidArgument
 from lifeboat.model import FileSource, Job, Source
 from lifeboat.operations import OperationKind, OperationRecord, OperationState
 from lifeboat.repository import DamagedRevision, RevisionMeta
+from lifeboat.revision import Trust, Verification, VerificationState
 from lifeboat.v1 import resources_pb2 as pb
 
 _KIND_TO_PB = {
@@ -30,11 +30,15 @@ _STATE_TO_PB = {
     OperationState.RETRY_LATER: pb.OPERATION_STATE_RETRY_LATER,
 }
 _STATE_FROM_PB = {value: key for key, value in _STATE_TO_PB.items()}
-_VERIFICATION_TO_PB = {
-    "passed": pb.VERIFICATION_STATE_PASSED,
-    "partial": pb.VERIFICATION_STATE_PARTIAL,
-    "failed": pb.VERIFICATION_STATE_FAILED,
-    "skipped": pb.VERIFICATION_STATE_SKIPPED,
+_TRUST_TO_PB = {
+    Trust.TRUSTED: pb.TRUST_TRUSTED,
+    Trust.DISTRUSTED: pb.TRUST_DISTRUSTED,
+}
+_VERIFICATION_STATE_TO_PB = {
+    VerificationState.PASSED: pb.VERIFICATION_STATE_PASSED,
+    VerificationState.PARTIAL: pb.VERIFICATION_STATE_PARTIAL,
+    VerificationState.FAILED: pb.VERIFICATION_STATE_FAILED,
+    VerificationState.SKIPPED: pb.VERIFICATION_STATE_SKIPPED,
 }
 
 
@@ -146,17 +150,17 @@ def operation_state_from_pb(value: int) -> OperationState | None:
     return _STATE_FROM_PB.get(value)  # type: ignore[call-overload]
 
 
-def _verification_to_pb(data: dict[str, Any]) -> pb.Verification:
-    when = data.get("time")
+def _verification_to_pb(verification: Verification | None) -> pb.Verification:
+    """An unset message (state unspecified) for a revision never verified."""
+    if verification is None:
+        return pb.Verification()
     return pb.Verification(
-        state=_VERIFICATION_TO_PB.get(
-            str(data.get("state", "")), pb.VERIFICATION_STATE_UNSPECIFIED
-        ),
-        verify_time=timestamp(when) if isinstance(when, dt.datetime) else None,
-        against=str(data.get("against", "")),
-        blocks_checked=int(data.get("blocks-checked", 0)),
-        blocks_total=int(data.get("blocks-total", 0)),
-        mismatched_offsets=[int(o) for o in data.get("mismatched-offsets", [])],
+        state=_VERIFICATION_STATE_TO_PB[verification.state],
+        verify_time=timestamp(verification.time),
+        against=verification.against.value,
+        blocks_checked=verification.blocks_checked,
+        blocks_total=verification.blocks_total,
+        mismatched_offsets=verification.mismatched_offsets,
     )
 
 
@@ -171,8 +175,8 @@ def revision_to_pb(meta: RevisionMeta, path: str = "") -> pb.Revision:
         size=meta.size,
         block_size=meta.block_size,
         checksum_algorithm=meta.checksum,
-        trust=pb.TRUST_TRUSTED if meta.trust == "trusted" else pb.TRUST_DISTRUSTED,
-        verification=_verification_to_pb(meta.verification or {}),
+        trust=_TRUST_TO_PB[meta.trust],
+        verification=_verification_to_pb(meta.verification),
         stats=pb.RevisionStats(
             bytes_read=int(stats.get("bytes-read", 0)),
             bytes_written=int(stats.get("bytes-written", 0)),

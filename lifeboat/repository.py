@@ -42,6 +42,15 @@ from lifeboat.errors import (
     ResourceExhausted,
 )
 from lifeboat.manifest import ALGORITHM, DEFAULT_BLOCK_SIZE, Manifest, read_geometry
+from lifeboat.revision import (
+    FORMAT_VERSION,
+    Trust,
+    Verification,
+    parse_time,
+    parse_trust,
+    read_version,
+    utc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +59,6 @@ REVISION_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{4}")
 _REVISION_FILE = re.compile(r"\.?(\d{8}T\d{6}Z-[0-9a-f]{4})(?:\.sums|\.rev)?(?:\.tmp)?")
 _ID_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
 
-TRUSTED = "trusted"
-DISTRUSTED = "distrusted"
 STEPS = ("fsync-data", "rename-data", "write-rev", "fsync-dir", "update-last", "done")
 """The names `RevisionWriter.commit` passes to `on_step`, each just before that step."""
 
@@ -99,59 +106,67 @@ class RevisionMeta:
     size: int = 0
     block_size: int = DEFAULT_BLOCK_SIZE
     checksum: str = ALGORITHM
-    trust: str = TRUSTED
+    trust: Trust = Trust.TRUSTED
     source: dict[str, Any] = dataclasses.field(default_factory=dict)
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
-    verification: dict[str, Any] = dataclasses.field(default_factory=dict)
+    verification: Verification | None = None
+    """None until the revision's stored copy has been compared with anything."""
 
     @property
     def good(self) -> bool:
         """Complete (it has a `.rev`) and not distrusted; a failed verification distrusts
         it whatever `trust` says. (Whether its files are intact is the listing's business:
         a damaged revision is a `DamagedRevision`.)"""
-        return self.trust == TRUSTED and self.verification.get("state") != "failed"
+        failed = self.verification is not None and self.verification.failed
+        return self.trust is Trust.TRUSTED and not failed
 
     def to_yaml(self) -> str:
         document = {
+            "version": FORMAT_VERSION,
             "id": self.id,
             "job": self.job,
-            "timestamp": _utc(self.timestamp),
+            "timestamp": utc(self.timestamp),
             "parent": self.parent,
             "tags": list(self.tags),
             "size": self.size,
             "block-size": self.block_size,
             "checksum": self.checksum,
-            "trust": self.trust,
+            "trust": self.trust.value,
             "source": dict(self.source),
             "stats": dict(self.stats),
-            "verification": dict(self.verification),
         }
+        if self.verification is not None:
+            document["verification"] = self.verification.to_yaml()
         return yaml.dump(
             document, Dumper=_MetaDumper, sort_keys=False, default_flow_style=None, width=1000
         )
 
     @classmethod
     def from_yaml(cls, text: str) -> RevisionMeta:
-        """Parse `.rev` text; DataLoss if it is not valid revision metadata."""
+        """Parse `.rev` text; DataLoss if it is not valid revision metadata (an unknown
+        format version included)."""
         try:
             document = yaml.load(text, Loader=_SafeLoader)
         except yaml.YAMLError as error:
             raise DataLoss(f"revision metadata is not YAML: {error}") from error
         if not isinstance(document, dict):
             raise DataLoss("revision metadata is not a mapping")
+        read_version(document)
+        verification = document.get("verification")
         return cls(
             id=_field(document, "id", str),
             job=_field(document, "job", str),
-            timestamp=_timestamp(document.get("timestamp")),
+            timestamp=parse_time(document.get("timestamp"), "timestamp"),
             parent=_field(document, "parent", str, optional=True),
             tags=_tags(document.get("tags")),
             size=_field(document, "size", int),
             block_size=_field(document, "block-size", int),
             checksum=_field(document, "checksum", str),
-            trust=_trust(document.get("trust")),
+            trust=parse_trust(document.get("trust")),
             source=_field(document, "source", dict, optional=True) or {},
             stats=_field(document, "stats", dict, optional=True) or {},
-            verification=_field(document, "verification", dict, optional=True) or {},
+            # Written as {} before revisions without one left it out.
+            verification=Verification.from_yaml(verification) if verification else None,
         )
 
 
@@ -164,18 +179,16 @@ _SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 class _MetaDumper(_SafeDumper):  # type: ignore[misc,valid-type]
     """SafeDumper that writes timestamps as ISO 8601 with a `T`, as in ARCHITECTURE.md."""
 
+    def ignore_aliases(self, data: Any) -> bool:
+        """Never `&id001`/`*id001`: the same time in two places is written twice."""
+        return True
+
 
 def _represent_datetime(dumper: yaml.SafeDumper, value: dt.datetime) -> yaml.ScalarNode:
     return dumper.represent_scalar("tag:yaml.org,2002:timestamp", value.isoformat())
 
 
 _MetaDumper.add_representer(dt.datetime, _represent_datetime)
-
-
-def _utc(timestamp: dt.datetime) -> dt.datetime:
-    if timestamp.tzinfo is None:
-        return timestamp.replace(tzinfo=dt.UTC)
-    return timestamp.astimezone(dt.UTC)
 
 
 def _field(document: dict[str, Any], key: str, kind: type, optional: bool = False) -> Any:
@@ -187,27 +200,12 @@ def _field(document: dict[str, Any], key: str, kind: type, optional: bool = Fals
     return value
 
 
-def _timestamp(value: object) -> dt.datetime:
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            value = dt.datetime.fromisoformat(value)
-    if not isinstance(value, dt.datetime):
-        raise DataLoss(f"revision metadata: 'timestamp' is not a time: {value!r}")
-    return _utc(value)
-
-
 def _tags(value: object) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(tag, str) for tag in value):
         raise DataLoss(f"revision metadata: 'tags' must be a list of strings, not {value!r}")
     return value
-
-
-def _trust(value: object) -> str:
-    if value not in (TRUSTED, DISTRUSTED):
-        raise DataLoss(f"revision metadata: 'trust' must be trusted or distrusted: {value!r}")
-    return str(value)
 
 
 def geometry_mismatch(sums: Path, geometry: tuple[int, int], meta: RevisionMeta) -> str | None:
@@ -220,20 +218,6 @@ def geometry_mismatch(sums: Path, geometry: tuple[int, int], meta: RevisionMeta)
         f"{sums}: covers {size} bytes in blocks of {block_size}, "
         f"the revision {meta.size} bytes in blocks of {meta.block_size}"
     )
-
-
-def manifest_problem(problem: str) -> dict[str, Any]:
-    """The verification record of a revision whose manifest cannot be used: failed,
-    nothing compared, and why."""
-    return {
-        "state": "failed",
-        "against": "manifest",
-        "blocks-checked": 0,
-        "blocks-total": 0,
-        "mismatched-offsets": [],
-        "problem": problem,
-        "time": clock.now(),
-    }
 
 
 # --- damage ---------------------------------------------------------------------------
@@ -744,8 +728,8 @@ class JobDirectory:
         validate_revision_id(meta.id)
         if meta.job != self.name:
             raise InvalidArgument("job", f"revision {meta.id} is of job {meta.job!r}")
-        if meta.trust not in (TRUSTED, DISTRUSTED):
-            raise InvalidArgument("trust", f"must be trusted or distrusted, not {meta.trust!r}")
+        if not isinstance(meta.trust, Trust):
+            raise InvalidArgument("trust", f"must be a Trust, not {meta.trust!r}")
 
     def _names(self) -> list[str]:
         try:

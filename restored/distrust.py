@@ -13,15 +13,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from typing import Any
 
 from lifeboat import clock
 from lifeboat.errors import FailedPrecondition, LifeboatError, NotFound
-from lifeboat.repository import (
-    DISTRUSTED,
-    JobDirectory,
-    Repository,
-    RevisionDamaged,
+from lifeboat.repository import JobDirectory, Repository, RevisionDamaged
+from lifeboat.revision import (
+    Against,
+    Trust,
+    Verification,
+    VerificationState,
     manifest_problem,
 )
 
@@ -42,18 +42,18 @@ class Finding:
     blocks_total: int
     problem: str = ""
 
-    def verification(self) -> dict[str, Any]:
+    def verification(self) -> Verification:
         """The failed verification the revision's `.rev` records."""
         if self.problem:
             return manifest_problem(self.problem)
-        return {
-            "state": "failed",
-            "against": "manifest",
-            "blocks-checked": self.blocks_checked,
-            "blocks-total": self.blocks_total,
-            "mismatched-offsets": list(self.offsets),
-            "time": clock.now(),
-        }
+        return Verification(
+            VerificationState.FAILED,
+            Against.MANIFEST,
+            time=clock.now(),
+            blocks_checked=self.blocks_checked,
+            blocks_total=self.blocks_total,
+            mismatched_offsets=self.offsets,
+        )
 
 
 def append_log(job_dir: JobDirectory, message: str) -> None:
@@ -118,7 +118,9 @@ class Distruster:
             with job_dir.lock(blocking=False):
                 meta = job_dir.metadata(finding.revision_id)
                 job_dir.update(
-                    dataclasses.replace(meta, trust=DISTRUSTED, verification=finding.verification())
+                    dataclasses.replace(
+                        meta, trust=Trust.DISTRUSTED, verification=finding.verification()
+                    )
                 )
         except RevisionDamaged:
             log.warning(

@@ -20,7 +20,8 @@ from backupd.server import build
 from backupd.worker import BackupWorker
 from lifeboat import config as config_module
 from lifeboat.bootstrap import GrpcDaemon
-from lifeboat.repository import DISTRUSTED, Repository
+from lifeboat.repository import Repository
+from lifeboat.revision import Trust
 from lifeboat.v1 import backup_pb2 as pb
 from lifeboat.v1 import backup_pb2_grpc, operations_pb2, operations_pb2_grpc, resources_pb2
 
@@ -573,7 +574,7 @@ async def test_status_sees_a_revision_distrusted_by_another_process(served: Serv
 
     job = Repository(served.config.tmp_path / "repo").job("vm-a")
     with job.lock():
-        job.update(replace(job.revision(done.revision_id), trust=DISTRUSTED))
+        job.update(replace(job.revision(done.revision_id), trust=Trust.DISTRUSTED))
 
     status = (await client.backup.GetJobStatus(request)).status
     assert status.last_revision.trust == resources_pb2.TRUST_DISTRUSTED

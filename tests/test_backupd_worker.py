@@ -18,6 +18,7 @@ from lifeboat import clock
 from lifeboat.model import FileSource, FreezeHook, Job, Schedule, TagSpec
 from lifeboat.operations import OperationState
 from lifeboat.repository import Repository
+from lifeboat.revision import Trust, VerificationState
 from tests.support.harness import Harness
 from tests.support.images import flip_byte
 from tests.support.loopfs import loop_mount
@@ -131,10 +132,10 @@ async def test_verification_mismatch_distrusts_and_forces_full(tmp_path: Path) -
     assert record.state == OperationState.FAILED
     assert "verification" in record.error and "distrusted" in record.error
     bad = harness.worker.get_revision("vm-a", record.revision_id)
-    assert bad.trust == "distrusted"
-    assert bad.verification["state"] == "failed"
-    assert bad.verification["mismatched-offsets"] == [5 * MiB]
-    assert bad.verification["checked-blocks"] == [[0, 8 * MiB // 16384]]
+    assert bad.trust is Trust.DISTRUSTED
+    assert bad.verification.state is VerificationState.FAILED
+    assert bad.verification.mismatched_offsets == (5 * MiB,)
+    assert bad.verification.checked_runs == ((0, 8 * MiB // 16384),)
     # `last` is the newest good revision: never the distrusted one, on disk or asked for.
     assert harness.worker.get_revision("vm-a", "last").id == first.revision_id
     assert os.readlink(tmp_path / "repo" / "vm-a" / "last") == first.revision_id
@@ -156,8 +157,8 @@ async def test_no_sample_is_recorded_as_skipped(tmp_path: Path) -> None:
     record = await harness.backup(job_for(source))
     assert record.state == OperationState.SUCCEEDED, record.error
     verification = harness.worker.get_revision("vm-a", record.revision_id).verification
-    assert verification["state"] == "skipped"
-    assert verification["blocks-checked"] == 0 and verification["checked-blocks"] == []
+    assert verification.state is VerificationState.SKIPPED
+    assert verification.blocks_checked == 0 and verification.checked_runs == ()
 
 
 async def test_retention_expires_tags_and_deletes_untagged(

@@ -24,14 +24,13 @@ from lifeboat.errors import FailedPrecondition, NotFound
 from lifeboat.model import Job
 from lifeboat.operations import OperationRecord, OperationRegistry, OperationState
 from lifeboat.repository import (
-    DISTRUSTED,
-    TRUSTED,
     DamagedRevision,
     JobDirectory,
     Repository,
     RevisionDamaged,
     RevisionMeta,
 )
+from lifeboat.revision import Trust, VerificationState
 from lifeboat.v1 import backup_pb2, backup_pb2_grpc, resources_pb2, restore_pb2, restore_pb2_grpc
 from restored.worker import RestoreRequest, RestoreSettings, RestoreWorker, RevisionChoice
 from tests.support.harness import Harness
@@ -77,6 +76,9 @@ DAMAGE = {
     ),
     "empty-rev": Damage(".rev", lambda path: path.write_bytes(b""), "empty"),
     "binary-rev": Damage(".rev", lambda path: path.write_bytes(b"\xff\xfe\x00id"), "not UTF-8"),
+    "unknown-version-rev": Damage(
+        ".rev", _replace_line(r"^version: 1$", "version: 2"), "version 2 is not supported"
+    ),
     "truncated-sums": Damage(".sums", _truncate, "bytes of digests"),
     "unknown-version-sums": Damage(".sums", _unknown_version, "manifest version b'9'"),
     "image-gone": Damage("", os.unlink, "No such file"),
@@ -197,9 +199,9 @@ async def test_restoring_a_revision_with_damaged_data_files_distrusts_it(
     with pytest.raises(FailedPrecondition, match="revision distrusted"):
         await host.restore(RevisionChoice(old.id))
     meta = host.job_dir().metadata(old.id)
-    assert (meta.trust, meta.verification["state"]) == (DISTRUSTED, "failed")
-    assert str(host.file(old.id, damage)) in meta.verification["problem"]
-    assert host.job_dir().metadata(newest.id).trust == TRUSTED
+    assert (meta.trust, meta.verification.state) == (Trust.DISTRUSTED, VerificationState.FAILED)
+    assert str(host.file(old.id, damage)) in meta.verification.problem
+    assert host.job_dir().metadata(newest.id).trust == Trust.TRUSTED
     log = (host.repo / "vm-a" / "log").read_text()
     assert f"revision {old.id} distrusted after a failed restore" in log
 
@@ -234,8 +236,8 @@ async def test_verify_of_an_unknown_manifest_version_distrusts(host: Host) -> No
     assert record.state == OperationState.FAILED
     assert str(sums) in record.error and "version" in record.error
     meta = host.job_dir().metadata(newest.id)
-    assert (meta.trust, meta.verification["state"]) == (DISTRUSTED, "failed")
-    assert "version" in meta.verification["problem"]
+    assert (meta.trust, meta.verification.state) == (Trust.DISTRUSTED, VerificationState.FAILED)
+    assert "version" in meta.verification.problem
     assert host.last_link() == older.id
     assert worker.job_status("vm-a").last_good_revision == older
 

@@ -27,7 +27,6 @@ from lifeboat.errors import (
 )
 from lifeboat.manifest import Manifest, digest_file
 from lifeboat.repository import (
-    DISTRUSTED,
     REVISION_ID,
     STEPS,
     JobDirectory,
@@ -35,6 +34,7 @@ from lifeboat.repository import (
     RevisionDamaged,
     RevisionMeta,
 )
+from lifeboat.revision import Against, Trust, Verification, VerificationState
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
@@ -213,7 +213,14 @@ def example_meta() -> RevisionMeta:
         size=4294967296,
         source={"type": "file", "path": "/var/lib/images/vm-web01.raw"},
         stats={"bytes-read": 1, "duration": 12.5, "full": False},
-        verification={"state": "passed", "against": "source"},
+        verification=Verification(
+            VerificationState.PASSED,
+            Against.SOURCE,
+            time=FIXED_TIME,
+            blocks_checked=13,
+            blocks_total=262144,
+            checked_runs=((0, 5), (100, 8)),
+        ),
     )
 
 
@@ -221,6 +228,7 @@ def test_meta_yaml_has_the_documented_keys_and_round_trips() -> None:
     meta = example_meta()
     text = meta.to_yaml()
     assert list(yaml.safe_load(text)) == [
+        "version",
         "id",
         "job",
         "timestamp",
@@ -238,7 +246,10 @@ def test_meta_yaml_has_the_documented_keys_and_round_trips() -> None:
     assert "tags: [daily, hourly]\n" in text
     assert "block-size: 16384\n" in text
     assert RevisionMeta.from_yaml(text) == meta
-    assert meta.good and not RevisionMeta.from_yaml(text.replace("trusted", DISTRUSTED)).good
+    assert (
+        meta.good
+        and not RevisionMeta.from_yaml(text.replace("trusted", Trust.DISTRUSTED.value)).good
+    )
 
 
 def test_meta_keeps_microseconds_and_null_parent() -> None:
@@ -334,7 +345,7 @@ def test_start_from_resizes(job: JobDirectory) -> None:
 def test_a_distrusted_revision_is_never_a_parent(job: JobDirectory) -> None:
     with job.lock():
         first = commit_revision(job, FIRST_WRITES)
-        first.trust = DISTRUSTED
+        first.trust = Trust.DISTRUSTED
         job.update(first)
         with job.begin(job.new_revision_id()) as writer, pytest.raises(FailedPrecondition):
             writer.start_from(job.revision(first.id), SIZE)
@@ -557,7 +568,7 @@ def test_last_is_the_newest_good_revision(job: JobDirectory) -> None:
     with job.lock():
         first = commit_revision(job, FIRST_WRITES)
         second = commit_revision(job, SECOND_WRITES, parent=first)
-        job.update(replace(second, trust=DISTRUSTED))
+        job.update(replace(second, trust=Trust.DISTRUSTED))
         assert (link(job, "last"), link(job, "last.rev")) == (first.id, f"{first.id}.rev")
         assert job.last() == first and job.revision("last") == first
         third = commit_revision(job, THIRD_WRITES, parent=first, tags=("hourly",))
@@ -565,9 +576,11 @@ def test_last_is_the_newest_good_revision(job: JobDirectory) -> None:
         assert job.last("daily") == first and job.last("hourly") == third
         assert job.last(excluded={third.id}) == first
         # A failed verification distrusts, whatever `trust` says.
-        job.update(replace(third, verification={"state": "failed"}))
+        job.update(
+            replace(third, verification=Verification(VerificationState.FAILED, Against.SOURCE))
+        )
         assert link(job, "last") == first.id
-        job.update(replace(first, trust=DISTRUSTED))
+        job.update(replace(first, trust=Trust.DISTRUSTED))
         assert (link(job, "last"), link(job, "last.rev"), job.last()) == (None, None, None)
         with pytest.raises(NotFound, match="no good revision"):
             job.revision("last")

@@ -17,7 +17,8 @@ import pytest
 from lifeboat.errors import DataLoss
 from lifeboat.model import FileSource, Job, Schedule, TagSpec
 from lifeboat.operations import OperationState
-from lifeboat.repository import DISTRUSTED, TRUSTED, Repository, RevisionMeta
+from lifeboat.repository import Repository, RevisionMeta
+from lifeboat.revision import Trust
 from restored.distrust import Distruster, Finding
 from restored.reader import CorruptRevision, RevisionReader
 from restored.throughput import FILE_NAME, ThroughputMeter
@@ -228,13 +229,13 @@ async def test_distrust_waits_for_a_held_lock_in_the_background(tmp_path: Path) 
             assert time.monotonic() - started < 1.0
             assert "once the running backup releases" in outcome
             assert distruster.is_pending("vm", revision_id)
-            assert repository.job("vm").revision(revision_id).trust == TRUSTED
+            assert repository.job("vm").revision(revision_id).trust == Trust.TRUSTED
         deadline = time.monotonic() + 10
         while distruster.is_pending("vm", revision_id) and time.monotonic() < deadline:
             time.sleep(0.02)
         meta: RevisionMeta = repository.job("vm").revision(revision_id)
-        assert meta.trust == DISTRUSTED
-        assert meta.verification["mismatched-offsets"] == [BLOCK]
+        assert meta.trust == Trust.DISTRUSTED
+        assert meta.verification.mismatched_offsets == (BLOCK,)
         log = (repository.job("vm").path / "log").read_text()
         assert f"revision {revision_id} not matching its manifest" in log
     finally:

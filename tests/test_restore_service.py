@@ -23,7 +23,8 @@ from google.protobuf.duration_pb2 import Duration
 from lifeboat import config as config_module
 from lifeboat.admin import restore as admin_restore
 from lifeboat.model import Job
-from lifeboat.repository import DISTRUSTED, TRUSTED, Repository
+from lifeboat.repository import Repository
+from lifeboat.revision import Trust
 from lifeboat.v1 import operations_pb2, operations_pb2_grpc, resources_pb2
 from lifeboat.v1 import restore_pb2 as pb
 from lifeboat.v1 import restore_pb2_grpc as pb_grpc
@@ -477,8 +478,8 @@ async def test_corrupt_stored_block_fails_the_restore_and_distrusts_the_revision
     assert not target.exists()
     assert leftovers(restored.targets) == []
     meta = Repository(restored.base_dir).job("vm-a").revision(second_id)
-    assert meta.trust == DISTRUSTED
-    assert meta.verification["mismatched-offsets"] == [3 * MiB + 5 * BLOCK]
+    assert meta.trust == Trust.DISTRUSTED
+    assert meta.verification.mismatched_offsets == (3 * MiB + 5 * BLOCK,)
     # The latest good revision is now the first one; the distrusted one is refused.
     await expect_error(
         restored.start(job="vm-a", target=str(target), revision_id=second_id),
@@ -498,11 +499,11 @@ async def test_corruption_found_while_a_backup_holds_the_job_lock(restored: Rest
         assert time.monotonic() - started < 5
         assert operation.state == FAILED
         assert "once the running backup releases the job lock" in operation.error
-        assert Repository(restored.base_dir).job("vm-a").revision(second_id).trust == TRUSTED
+        assert Repository(restored.base_dir).job("vm-a").revision(second_id).trust == Trust.TRUSTED
     deadline = time.monotonic() + 10
     while restored.worker.distruster.pending() and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
-    assert Repository(restored.base_dir).job("vm-a").revision(second_id).trust == DISTRUSTED
+    assert Repository(restored.base_dir).job("vm-a").revision(second_id).trust == Trust.DISTRUSTED
 
 
 # --- cancel, limits, parallel ---------------------------------------------------------
@@ -651,7 +652,7 @@ async def test_stream_of_a_corrupt_revision_ends_with_data_loss(restored: Restor
             pass
     assert raised.value.code() == grpc.StatusCode.DATA_LOSS
     assert str(3 * MiB) in (raised.value.details() or "")
-    assert Repository(restored.base_dir).job("vm-a").revision(second_id).trust == DISTRUSTED
+    assert Repository(restored.base_dir).job("vm-a").revision(second_id).trust == Trust.DISTRUSTED
 
 
 # --- what the scheduler and the monitor ask -------------------------------------------

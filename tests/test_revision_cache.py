@@ -13,7 +13,8 @@ import pytest
 
 from lifeboat import clock
 from lifeboat.manifest import Manifest
-from lifeboat.repository import DISTRUSTED, TRUSTED, JobDirectory, Repository, RevisionMeta
+from lifeboat.repository import JobDirectory, Repository, RevisionMeta
+from lifeboat.revision import Trust
 from lifeboat.revision_cache import SWEEP_INTERVAL, RevisionCache
 
 BLOCK_SIZE = 16 * 1024
@@ -77,11 +78,15 @@ def test_a_rev_rewritten_by_another_writer_is_seen_and_nothing_else_read_again(
 
     restored = Repository(repository.base_dir).job("vm-a")  # another writer's own objects
     with restored.lock():
-        restored.update(replace(revisions[1], trust=DISTRUSTED))
+        restored.update(replace(revisions[1], trust=Trust.DISTRUSTED))
 
     after = cache.listing(job)
     assert after is not None
-    assert [meta.trust for meta in after.revisions] == [TRUSTED, DISTRUSTED, TRUSTED]
+    assert [meta.trust for meta in after.revisions] == [
+        Trust.TRUSTED,
+        Trust.DISTRUSTED,
+        Trust.TRUSTED,
+    ]
     assert after.last_good == revisions[2]
     assert after.revisions[0] is before.revisions[0]
     assert after.revisions[2] is before.revisions[2]

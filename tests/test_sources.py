@@ -26,6 +26,7 @@ from backupd.backup import BlockWriter
 from lifeboat.model import CephRbdSource, FileSource, Job, Schedule, Source, TagSpec
 from lifeboat.operations import OperationRecord, OperationState
 from lifeboat.repository import RevisionMeta, RevisionWriter
+from lifeboat.revision import Trust, VerificationState
 from tests.support.ceph import CephCluster, rbd_modules_importable
 from tests.support.harness import Harness
 from tests.support.needs import need
@@ -217,7 +218,7 @@ async def test_round_trip_writes_only_changes(
     assert meta.parent == first.revision_id
     assert meta.stats["full"] is False
     assert meta.stats["bytes-written"] <= 5 * 16 * 1024
-    assert meta.verification["state"] == "passed"
+    assert meta.verification.state is VerificationState.PASSED
     previous = harness.worker.get_revision(name, first.revision_id)
     assert previous.stats["full"] is True
     # Only the newest revision's snapshot is kept: it is the next backup's diff base.
@@ -291,8 +292,8 @@ async def test_rot_in_parent_is_caught_by_the_next_verification(
     second = await harness.backup(job)
     assert second.state == OperationState.FAILED
     meta = harness.worker.get_revision(name, second.revision_id)
-    assert meta.trust == "distrusted"
-    assert meta.verification["mismatched-offsets"] == [6 * MiB]
+    assert meta.trust is Trust.DISTRUSTED
+    assert meta.verification.mismatched_offsets == (6 * MiB,)
     third = await harness.backup(job)
     assert third.state == OperationState.SUCCEEDED, third.error
     assert image_of(harness, name) == backend.content(name, third.revision_id)
@@ -315,10 +316,10 @@ async def test_verification_records_exactly_the_sample(
         record = await harness.backup(job)
         assert record.state == OperationState.SUCCEEDED, record.error
         verification = harness.worker.get_revision(name, record.revision_id).verification
-        assert verification["state"] == "passed"
-        assert verification["blocks-total"] == blocks
-        assert verification["blocks-checked"] == blocks // 4, round_number
-        runs = verification["checked-blocks"]
+        assert verification.state is VerificationState.PASSED
+        assert verification.blocks_total == blocks
+        assert verification.blocks_checked == blocks // 4, round_number
+        runs = verification.checked_runs
         assert sum(count for _, count in runs) == blocks // 4
         assert all(a + n < b for (a, n), (b, _) in itertools.pairwise(runs))
         assert image_of(harness, name) == backend.content(name, record.revision_id)
