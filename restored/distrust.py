@@ -16,14 +16,14 @@ import threading
 from typing import Any
 
 from lifeboat import clock
-from lifeboat.errors import FailedPrecondition, LifeboatError, NotFound
+from lifeboat.errors import FailedPrecondition, NotFound
 from lifeboat.repository import (
     DISTRUSTED,
-    JobDirectory,
     Repository,
     RevisionDamaged,
     manifest_problem,
 )
+from lifeboat.runner import append_log
 
 log = logging.getLogger("lifeboat.restored")
 
@@ -54,14 +54,6 @@ class Finding:
             "mismatched-offsets": list(self.offsets),
             "time": clock.now(),
         }
-
-
-def append_log(job_dir: JobDirectory, message: str) -> None:
-    """Append to the job's log; a log that cannot be written never fails a restore."""
-    try:
-        job_dir.append_log(message)
-    except (OSError, LifeboatError) as error:
-        log.warning("cannot append to the log of job %s: %s (%s)", job_dir.name, error, message)
 
 
 class Distruster:
