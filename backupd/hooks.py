@@ -11,14 +11,10 @@ import datetime as dt
 import os
 import subprocess
 
-from lifeboat.errors import FailedPrecondition, LifeboatError
+from lifeboat.errors import FailedPrecondition, RetryLater
 from lifeboat.model import Job
 
 EX_TEMPFAIL = 75
-
-
-class RetryLater(LifeboatError):
-    """The freeze hook asked to try again later (exit status 75)."""
 
 
 def _run(phase: str, command: str, job: Job, operation: str, timeout: dt.timedelta) -> None:

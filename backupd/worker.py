@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 
 from backupd import hooks
 from backupd.backup import BackupSettings, back_up, source_description
-from backupd.hooks import RetryLater
 from backupd.sources import driver_for
 from backupd.verify import VerifyLimits, verify_against_manifest
 from lifeboat import clock, retention
@@ -58,6 +57,7 @@ from lifeboat.repository import (
 )
 from lifeboat.revision import Trust, manifest_problem
 from lifeboat.revision_cache import JobListing, RevisionCache
+from lifeboat.runner import Ending, OperationRunner
 
 log = logging.getLogger("lifeboat.backupd")
 
@@ -185,10 +185,10 @@ class BackupWorker:
         self.revisions = RevisionCache()
         self.reflink = False
         self.health: dict[str, JobHealth] = {}
-        self.executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=64, thread_name_prefix="backupd"
+        self.runner = OperationRunner(
+            registry, self.repository, 64, "backupd", on_end=self._remember_failure
         )
-        # Separate from `executor`: a backup waits for its cleanup, which must never queue
+        # Separate from `runner`: a backup waits for its cleanup, which must never queue
         # behind backups that hold every thread of `executor`.
         self.cleanup_executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="backupd-cleanup"
@@ -198,7 +198,6 @@ class BackupWorker:
         self.lock_waits = concurrent.futures.ThreadPoolExecutor(
             max_workers=16, thread_name_prefix="backupd-lock-wait"
         )
-        self._tasks: set[asyncio.Future[Any]] = set()
 
     def reconfigure(self, settings: WorkerSettings) -> None:
         if settings.base_dir != self.settings.base_dir:
@@ -299,48 +298,13 @@ class BackupWorker:
                 f"{self.settings.worker_limit}); try again later"
             )
         record = self.registry.create(OperationKind.BACKUP, job.name, tags=tuple(tags))
-        self._submit(record, self._run_backup, record, job, self.repository.job(job.name), tags)
+        job_dir = self.repository.job(job.name)
+        self.runner.submit(record, lambda: self._run_backup(record, job, job_dir, tags))
         return record, True
 
-    def _submit(self, record: OperationRecord, function: Any, *args: Any) -> None:
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self.executor, self._guarded, record, function, *args)
-        self._tasks.add(future)
-        future.add_done_callback(self._tasks.discard)
-
-    def _guarded(self, record: OperationRecord, function: Any, *args: Any) -> None:
-        """Run an operation's work and record how it ended; never raises."""
-        job_dir = self.repository.job(record.job)
-        try:
-            function(*args)
-        except RetryLater as error:
-            self._fail(record, job_dir, OperationState.RETRY_LATER, str(error))
-        except Cancelled as error:
-            self._fail(record, job_dir, OperationState.CANCELLED, str(error))
-        except LifeboatError as error:
-            self._fail(record, job_dir, OperationState.FAILED, str(error))
-        except OSError as error:
-            self._fail(
-                record,
-                job_dir,
-                OperationState.FAILED,
-                f"{error.strerror or error}: {error.filename or ''}".rstrip(": "),
-            )
-        except Exception as error:
-            log.exception("%s crashed", record.name)
-            self._fail(record, job_dir, OperationState.FAILED, f"internal error: {error!r}")
-        else:
-            self.registry.finish(record, OperationState.SUCCEEDED)
-
-    def _fail(
-        self, record: OperationRecord, job_dir: JobDirectory, state: OperationState, error: str
-    ) -> None:
-        log.error("%s %s: %s", record.name, state.value, error)
-        if job_dir.path.exists():
-            job_dir.append_log(f"{record.kind.value} {state.value}: {error}")
-        if state in (OperationState.FAILED, OperationState.RETRY_LATER):
-            self.health[record.job] = JobHealth(error, clock.now())
-        self.registry.finish(record, state, error)
+    def _remember_failure(self, record: OperationRecord, ending: Ending) -> None:
+        if ending.state in (OperationState.FAILED, OperationState.RETRY_LATER):
+            self.health[record.job] = JobHealth(ending.error, clock.now())
 
     def _run_backup(
         self, record: OperationRecord, job: Job, job_dir: JobDirectory, tags: list[str]
@@ -562,7 +526,8 @@ class BackupWorker:
         if isinstance(entry, DamagedRevision) and entry.meta is None:
             raise entry.error()  # without a readable `.rev` there is nowhere to record it
         record = self.registry.create(OperationKind.VERIFY, job, revision_id=entry.id)
-        self._submit(record, self._run_verify, record, self.repository.job(job), entry.id)
+        job_dir = self.repository.job(job)
+        self.runner.submit(record, lambda: self._run_verify(record, job_dir, entry.id))
         return record
 
     def _run_verify(self, record: OperationRecord, job_dir: JobDirectory, revision_id: str) -> None:
@@ -666,8 +631,6 @@ class BackupWorker:
         return count
 
     def shutdown(self) -> None:
-        for record in self.registry.select(running_only=True):
-            record.cancel_requested.set()
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.runner.shutdown()
         self.cleanup_executor.shutdown(wait=True)
         self.lock_waits.shutdown(wait=False, cancel_futures=True)

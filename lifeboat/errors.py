@@ -49,6 +49,11 @@ class Cancelled(LifeboatError):
     pass
 
 
+class RetryLater(LifeboatError):
+    """The work cannot run now and should be tried again later (a job's freeze hook
+    exited 75): the operation ends RETRY_LATER, not FAILED."""
+
+
 class ConfigError(LifeboatError):
     """The config file is invalid; the message names the file, the key and the problem."""
 

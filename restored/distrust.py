@@ -15,8 +15,8 @@ import logging
 import threading
 
 from lifeboat import clock
-from lifeboat.errors import FailedPrecondition, LifeboatError, NotFound
-from lifeboat.repository import JobDirectory, Repository, RevisionDamaged
+from lifeboat.errors import FailedPrecondition, NotFound
+from lifeboat.repository import Repository, RevisionDamaged
 from lifeboat.revision import (
     Against,
     Trust,
@@ -24,6 +24,7 @@ from lifeboat.revision import (
     VerificationState,
     manifest_problem,
 )
+from lifeboat.runner import append_log
 
 log = logging.getLogger("lifeboat.restored")
 
@@ -54,14 +55,6 @@ class Finding:
             blocks_total=self.blocks_total,
             mismatched_offsets=self.offsets,
         )
-
-
-def append_log(job_dir: JobDirectory, message: str) -> None:
-    """Append to the job's log; a log that cannot be written never fails a restore."""
-    try:
-        job_dir.append_log(message)
-    except (OSError, LifeboatError) as error:
-        log.warning("cannot append to the log of job %s: %s (%s)", job_dir.name, error, message)
 
 
 class Distruster:

@@ -14,21 +14,19 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lifeboat.bounds import clip, duration_problem
 from lifeboat.errors import (
-    Cancelled,
     FailedPrecondition,
     InvalidArgument,
-    LifeboatError,
     NotFound,
     ResourceExhausted,
 )
 from lifeboat.model import CephRbdSource, Job
-from lifeboat.operations import OperationKind, OperationRecord, OperationRegistry, OperationState
+from lifeboat.operations import OperationKind, OperationRecord, OperationRegistry
 from lifeboat.repository import (
     LAST,
     REVISION_ID,
@@ -39,8 +37,9 @@ from lifeboat.repository import (
     RevisionMeta,
     validate_job_name,
 )
+from lifeboat.runner import SUCCEEDED, Ending, OperationRunner, append_log, ending_of
 from restored.copy import DEFAULT_CHUNK_SIZE, copy_revision
-from restored.distrust import Distruster, Finding, append_log
+from restored.distrust import Distruster, Finding
 from restored.inflight import InFlight, InFlightRestores
 from restored.reader import CorruptRevision, RevisionReader
 from restored.streams import (
@@ -106,11 +105,6 @@ class EstimateReport:
     running_restores: int
 
 
-def _describe_os_error(error: OSError) -> str:
-    text = error.strerror or str(error)
-    return f"{text}: {error.filename}" if error.filename else text
-
-
 class RestoreWorker:
     def __init__(self, settings: RestoreSettings, registry: OperationRegistry) -> None:
         self.settings = settings
@@ -122,7 +116,11 @@ class RestoreWorker:
         self._claims: dict[str, str] = {}  # target key -> operation name
         self._streams = 0
         self._claims_lock = threading.Lock()
-        self._threads: set[threading.Thread] = set()
+        # Restores never wait for a thread: the pool starts threads only when needed,
+        # and is made larger than restore-limit (a reload cannot grow it).
+        self.runner = OperationRunner(
+            registry, self.repository, max(settings.restore_limit, 256), "restored"
+        )
 
     def reconfigure(self, settings: RestoreSettings) -> None:
         if settings.base_dir != self.settings.base_dir:
@@ -261,7 +259,7 @@ class RestoreWorker:
         )
         self._claimed(target.key, record)
         self._record_in_flight(record, target)
-        self._spawn(record, self._run_restore, record, job_dir, reader, target)
+        self.runner.submit(record, lambda: self._run_restore(record, job_dir, reader, target))
         return record
 
     def recover_interrupted(self) -> None:
@@ -285,24 +283,18 @@ class RestoreWorker:
         except OSError as error:
             log.warning("%s: cannot remove its in-flight record: %s", record.name, error)
 
-    def _spawn(self, record: OperationRecord, function: Callable[..., None], *args: object) -> None:
-        thread = threading.Thread(target=function, args=args, name=record.name, daemon=True)
-        self._threads.add(thread)
-        thread.start()
-
     def _run_restore(
         self,
         record: OperationRecord,
         job_dir: JobDirectory,
         reader: RevisionReader,
         target: RestoreTarget,
-    ) -> None:
+    ) -> Ending | None:
         started = time.monotonic()
         self.registry.start(record, reader.data_bytes)
         log.info(
             "%s: revision %s of %s to %s", record.name, reader.meta.id, record.job, target.text
         )
-        state, error = OperationState.SUCCEEDED, ""
         append_log(
             job_dir,
             f"restore of revision {reader.meta.id} to {target.text} started ({record.name})",
@@ -317,41 +309,31 @@ class RestoreWorker:
             )
             target.finish()
         except BaseException as failure:
-            state, error = self._failure(failure, reader)
-            left = self._abort(target)
-            error = f"{error}; {left}" if left else error
-        else:
-            self.meter.record(reader.data_bytes, time.monotonic() - started)
+            return self._ending(failure, reader, record).noting(self._abort(target))
         finally:
             reader.close()
             self._forget_in_flight(record)
             self._release(target.key)
-            self._threads.discard(threading.current_thread())
-        self._log_end(job_dir, record, state, error)
-        self.registry.finish(record, state, error)
+        self.meter.record(reader.data_bytes, time.monotonic() - started)
+        return None
 
-    def _failure(
-        self, failure: BaseException, reader: RevisionReader
-    ) -> tuple[OperationState, str]:
-        if isinstance(failure, CorruptRevision):
-            outcome = self.distruster.distrust(
-                Finding(
-                    failure.job,
-                    failure.revision_id,
-                    tuple(failure.offsets),
-                    failure.offsets[-1] // reader.block_size + 1,
-                    reader.manifest.block_count,
-                )
+    def _ending(
+        self, failure: BaseException, reader: RevisionReader, record: OperationRecord
+    ) -> Ending:
+        """How the operation ends; data that does not match its manifest is distrusted."""
+        ending = ending_of(failure, record.name)
+        if not isinstance(failure, CorruptRevision):
+            return ending
+        outcome = self.distruster.distrust(
+            Finding(
+                failure.job,
+                failure.revision_id,
+                tuple(failure.offsets),
+                failure.offsets[-1] // reader.block_size + 1,
+                reader.manifest.block_count,
             )
-            return OperationState.FAILED, f"{failure}: {outcome}"
-        if isinstance(failure, Cancelled):
-            return OperationState.CANCELLED, str(failure)
-        if isinstance(failure, LifeboatError):
-            return OperationState.FAILED, str(failure)
-        if isinstance(failure, OSError):
-            return OperationState.FAILED, _describe_os_error(failure)
-        log.error("restore crashed", exc_info=failure)
-        return OperationState.FAILED, f"internal error: {failure!r}"
+        )
+        return Ending(ending.state, f"{ending.error}: {outcome}")
 
     @staticmethod
     def _abort(target: RestoreTarget) -> str:
@@ -360,15 +342,6 @@ class RestoreWorker:
         except Exception as error:
             log.exception("cleaning up %s failed", target.describe())
             return f"cleaning up {target.describe()} failed: {error}"
-
-    @staticmethod
-    def _log_end(
-        job_dir: JobDirectory, record: OperationRecord, state: OperationState, error: str
-    ) -> None:
-        outcome = f"{state.value}: {error}" if error else state.value
-        level = logging.INFO if state == OperationState.SUCCEEDED else logging.ERROR
-        log.log(level, "%s %s", record.name, outcome)
-        append_log(job_dir, f"restore {record.name} to {record.target} {outcome}")
 
     # -- streams ---------------------------------------------------------------------------
 
@@ -404,13 +377,12 @@ class RestoreWorker:
         stream.reader.close()
         self._release_stream()
         if failure is None:
-            self.registry.finish(stream.record, OperationState.SUCCEEDED)
+            self.runner.end(stream.record, SUCCEEDED)
             return
-        state, error = self._failure(failure, stream.reader)
+        ending = self._ending(failure, stream.reader, stream.record)
         if isinstance(failure, IdleStream):
-            log.warning("%s", error)
-            append_log(self.repository.job(stream.record.job), error)
-        self.registry.finish(stream.record, state, error)
+            append_log(self.repository.job(stream.record.job), ending.error)
+        self.runner.end(stream.record, ending)
 
     # -- estimates -------------------------------------------------------------------------
 
@@ -460,12 +432,7 @@ class RestoreWorker:
     def shutdown(self, timeout: float = 30.0) -> None:
         """Cancel running restores (their temporary files are removed) and streams, and
         wait for the restores."""
-        for kind in (OperationKind.RESTORE, OperationKind.STREAM):
-            for record in self.registry.running(kind):
-                record.cancel_requested.set()
-        deadline = time.monotonic() + timeout
-        for thread in list(self._threads):
-            thread.join(max(0.0, deadline - time.monotonic()))
+        self.runner.shutdown(timeout)
         self.distruster.stop()
 
 
