@@ -9,11 +9,9 @@ PROG = "lifeboat-backupd"
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = daemon.parser(PROG, "Backup worker of one backup host.", worker=True).parse_args(argv)
-    daemon.setup_logging(args.log_level)
-    config = daemon.load_config(PROG, args.config)
-    host = daemon.pick_host(PROG, config, args.host)
-    daemon.run(PROG, lambda: serve(config, host.name, args.listen or host.backupd))
+    daemon.worker_main(
+        PROG, "Backup worker of one backup host.", argv, serve, lambda host: host.backupd
+    )
 
 
 if __name__ == "__main__":

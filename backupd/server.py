@@ -8,7 +8,7 @@ from backupd.verify import VerifyLimits
 from backupd.worker import BackupWorker, WorkerSettings
 from lifeboat import config as config_module
 from lifeboat.bootstrap import GrpcDaemon, ServiceSpec
-from lifeboat.host_daemon import host_daemon, new_registry
+from lifeboat.host_daemon import host_daemon, new_registry, serve_host
 from lifeboat.v1 import backup_pb2, backup_pb2_grpc
 
 
@@ -50,6 +50,4 @@ def build(config: config_module.Config, host: str, listen: str) -> tuple[GrpcDae
 
 
 async def serve(config: config_module.Config, host: str, listen: str) -> None:
-    daemon, _ = build(config, host, listen)
-    await daemon.start()
-    await daemon.run_until_signalled()
+    await serve_host(build, config, host, listen)

@@ -82,3 +82,18 @@ def run(prog: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         raise SystemExit(EXIT_FAILURE) from None
     except KeyboardInterrupt:
         pass
+
+
+def worker_main(
+    prog: str,
+    description: str,
+    argv: list[str] | None,
+    serve: Callable[[config_module.Config, str, str], Coroutine[Any, Any, None]],
+    address_of: Callable[[config_module.HostConfig], str],
+) -> None:
+    """The whole `main` of a host worker: arguments, logging, config, host, serve."""
+    args = parser(prog, description, worker=True).parse_args(argv)
+    setup_logging(args.log_level)
+    config = load_config(prog, args.config)
+    host = pick_host(prog, config, args.host)
+    run(prog, lambda: serve(config, host.name, args.listen or address_of(host)))

@@ -61,6 +61,16 @@ def host_daemon(
     return daemon
 
 
+Build = Callable[[config_module.Config, str, str], tuple[GrpcDaemon, object]]
+
+
+async def serve_host(build: Build, config: config_module.Config, host: str, listen: str) -> None:
+    """Start a host worker's daemon (from its `build`) and serve until signalled."""
+    daemon, _ = build(config, host, listen)
+    await daemon.start()
+    await daemon.run_until_signalled()
+
+
 def new_registry(host: str) -> OperationRegistry:
     registry = OperationRegistry(host)
     registry.bind_loop(asyncio.get_running_loop())

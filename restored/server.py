@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lifeboat import config as config_module
 from lifeboat.bootstrap import GrpcDaemon, ServiceSpec
-from lifeboat.host_daemon import host_daemon, new_registry
+from lifeboat.host_daemon import host_daemon, new_registry, serve_host
 from lifeboat.v1 import restore_pb2, restore_pb2_grpc
 from restored.service import RestoreServicer
 from restored.worker import RestoreSettings, RestoreWorker
@@ -43,6 +43,4 @@ def build(config: config_module.Config, host: str, listen: str) -> tuple[GrpcDae
 
 
 async def serve(config: config_module.Config, host: str, listen: str) -> None:
-    daemon, _ = build(config, host, listen)
-    await daemon.start()
-    await daemon.run_until_signalled()
+    await serve_host(build, config, host, listen)
