@@ -497,6 +497,7 @@ async def test_slow_host_never_blocks_a_check(tmp_path: Path, fake: FakeClock) -
         # The poller gives up at its deadline (the poll interval, plus the margin for
         # connecting), not before; the next interval's polls of the others go on meanwhile.
         given_up = SLOW_POLL + CONNECT_MARGIN * S
+        # (Not running.turn: it would wait for every poll under way, backup02's too.)
         await running.clock.turn((given_up - EARLY).total_seconds(), POLL_LOOP)
         report = await running.report(host="backup02")
         assert (report.hosts[0].reachable, report.hosts[0].error) == (False, "not polled yet")
