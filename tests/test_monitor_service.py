@@ -265,12 +265,16 @@ class Fleet:
         return self.config.hosts[JOBS[job]].base_dir / job / revision_id
 
 
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    """The monitor's clock, also the in-process daemons' `clock.now` (revision times)."""
+def shared_fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """A clock for the monitor, also the in-process daemons' `clock.now` (revision times)."""
     fake = FakeClock(clock.now().replace(microsecond=0))
     monkeypatch.setattr(clock, "now", fake.now)
     return fake
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    return shared_fake_clock(monkeypatch)
 
 
 @pytest.fixture
