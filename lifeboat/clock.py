@@ -1,7 +1,7 @@
 """The one clock. Everything that asks for the time calls `now()`; tests patch it.
 
-Code that waits for time to pass (the scheduler's host tasks) takes a `Clock`
-instead, so a test can turn time by hand rather than sleep.
+Code that waits for time to pass (the scheduler's host tasks, the monitor's poller and
+HTTP server) takes a `Clock` instead, so a test can turn time by hand rather than sleep.
 """
 
 from __future__ import annotations
@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from typing import Protocol
+from collections.abc import Awaitable
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 def now() -> dt.datetime:
@@ -56,3 +59,30 @@ async def sleep_unless_set(clock: Clock, seconds: float, event: asyncio.Event) -
     finally:
         set_.cancel()
         slept.cancel()
+
+
+async def sleep_until(clock: Clock, deadline: float) -> None:
+    """Sleep on `clock` until its monotonic time reaches `deadline`; a sleep that ends
+    early (a clock may wake its sleepers for one more look around) sleeps on."""
+    while (left := deadline - clock.monotonic()) > 0:
+        await clock.sleep(left)
+
+
+async def within(clock: Clock, seconds: float, work: Awaitable[T]) -> T:
+    """What `work` gives, or TimeoutError once `seconds` passed on `clock` (asyncio.wait_for
+    on an injected clock); `work` is then cancelled and waited for."""
+    task = asyncio.ensure_future(work)
+    expiry = asyncio.ensure_future(sleep_until(clock, clock.monotonic() + seconds))
+    try:
+        await asyncio.wait((task, expiry), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        expiry.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.wait((task,))
+        if task.cancelled():
+            raise TimeoutError
+    return task.result()

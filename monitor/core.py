@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from lifeboat import clock
+from lifeboat.clock import SYSTEM, Clock
 from lifeboat.config import Config
 from lifeboat.errors import InvalidArgument, NotFound
 from lifeboat.sla import SlaState
@@ -27,16 +27,20 @@ HEALTHY = (SlaState.OK, SlaState.WARNING)
 
 
 class Monitor:
-    def __init__(self, config: Config, source: Source, http_listen: str) -> None:
-        self.poller = Poller(config, source)
-        self.http = HttpServer(http_listen, {"/check": self._http_check, "/metrics": self._metrics})
+    def __init__(
+        self, config: Config, source: Source, http_listen: str, clock: Clock = SYSTEM
+    ) -> None:
+        self.clock = clock
+        self.poller = Poller(config, source, clock)
+        routes = {"/check": self._http_check, "/metrics": self._metrics}
+        self.http = HttpServer(http_listen, routes, clock)
 
     @property
     def config(self) -> Config:
         return self.poller.config
 
     def report(self, job: str = "", host: str = "") -> SlaReport:
-        return build_report(self.poller.snapshot(), clock.now(), job, host)
+        return build_report(self.poller.snapshot(), self.clock.now(), job, host)
 
     def check(self, job: str = "", host: str = "") -> CheckResult:
         return check(self.report(job, host))

@@ -2,19 +2,22 @@
 
 GET and HEAD only, no request bodies, keep-alive as HTTP/1.1 says (HTTP/1.0
 only when asked), one handler per exact path. Handlers are plain functions of
-the query parameters; they run on the event loop, so they must be quick.
+the query parameters; they run on the event loop, so they must be quick. The `Date`
+header and the idle timeout of a kept-alive connection are read from the injected clock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import email.utils
 import logging
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from lifeboat.clock import SYSTEM, Clock, within
 from lifeboat.errors import InvalidArgument, LifeboatError, NotFound, Unavailable
 
 log = logging.getLogger("lifeboat.monitor.http")
@@ -100,10 +103,10 @@ def parse_head(head: bytes) -> Request:
     return Request(method, url.path or "/", query, version, headers)
 
 
-def encode(response: Response, head_only: bool, keep_alive: bool) -> bytes:
+def encode(response: Response, head_only: bool, keep_alive: bool, date: dt.datetime) -> bytes:
     body = response.body.encode("utf-8")
     headers = {
-        "Date": email.utils.formatdate(usegmt=True),
+        "Date": email.utils.format_datetime(date, usegmt=True),
         "Server": SERVER,
         "Content-Type": response.content_type,
         "Content-Length": str(len(body)),
@@ -127,9 +130,10 @@ def _error_response(error: LifeboatError) -> Response:
 
 
 class HttpServer:
-    def __init__(self, listen: str, routes: Mapping[str, Handler]) -> None:
+    def __init__(self, listen: str, routes: Mapping[str, Handler], clock: Clock = SYSTEM) -> None:
         self.listen = listen
         self.routes = dict(routes)
+        self.clock = clock
         self.port = 0
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -178,7 +182,7 @@ class HttpServer:
     async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         """Answer one request; whether to keep the connection open."""
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_TIMEOUT)
+            head = await within(self.clock, IDLE_TIMEOUT, reader.readuntil(b"\r\n\r\n"))
         except asyncio.IncompleteReadError as error:
             if error.partial.strip():
                 await self._send(writer, Response(400, "incomplete request\n"), False, False)
@@ -210,11 +214,10 @@ class HttpServer:
         if length:
             await reader.readexactly(length)
 
-    @staticmethod
     async def _send(
-        writer: asyncio.StreamWriter, response: Response, head_only: bool, keep_alive: bool
+        self, writer: asyncio.StreamWriter, response: Response, head_only: bool, keep_alive: bool
     ) -> None:
-        writer.write(encode(response, head_only, keep_alive))
+        writer.write(encode(response, head_only, keep_alive, self.clock.now()))
         await writer.drain()
 
     def respond(self, request: Request) -> Response:

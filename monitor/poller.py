@@ -7,7 +7,8 @@ the time it arrived (`Polled`); checks read a `FleetObservation` of that and nev
 wait for a poll.
 
 How the daemons are asked is injected (`Source`, implemented over gRPC by
-`monitor.rpc`), so this module does no RPCs itself.
+`monitor.rpc`), so this module does no RPCs itself; so is the clock (`lifeboat.clock`):
+the time answers arrive, the poll interval and the deadlines are all read from it.
 
 `known_since` is when the monitor first saw each job in its config: the
 monitor's start for the jobs configured then, the reload that added it for
@@ -26,7 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from lifeboat import clock
+from lifeboat.clock import SYSTEM, Clock, sleep_until, within
 from lifeboat.config import Config, HostConfig
 from lifeboat.errors import LifeboatError
 from monitor.observations import (
@@ -39,6 +40,9 @@ from monitor.observations import (
 log = logging.getLogger("lifeboat.monitor")
 
 MIN_DEADLINE = dt.timedelta(seconds=1)
+# The RPCs carry the poll's deadline themselves; the poller gives up this much later, so
+# its own deadline also bounds connecting without cutting an RPC's short.
+CONNECT_MARGIN = 0.5
 
 
 class Source(Protocol):
@@ -79,8 +83,9 @@ def deadline_for(poll_interval: dt.timedelta) -> dt.timedelta:
 
 
 class Poller:
-    def __init__(self, config: Config, source: Source) -> None:
+    def __init__(self, config: Config, source: Source, clock: Clock = SYSTEM) -> None:
         self.source = source
+        self.clock = clock
         self.config = config
         self.known_since: dict[str, dt.datetime] = {}
         self._polled: dict[tuple[str, str], Polled[Any]] = {}
@@ -92,7 +97,7 @@ class Poller:
 
     def reconfigure(self, config: Config) -> None:
         """Use a new config: new jobs are known from now, removed hosts and jobs are forgotten."""
-        now = clock.now()
+        now = self.clock.now()
         self.known_since = {name: self.known_since.get(name, now) for name in config.jobs}
         wanted = {("scheduler", "")} | {
             (daemon, host) for host in config.hosts for daemon in ("backupd", "restored")
@@ -135,14 +140,19 @@ class Poller:
 
         Polls already under way are waited for first: they may have asked before now.
         """
-        await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+        await self.polls_ended()
         self._start_polls()
+        await self.polls_ended()
+
+    async def polls_ended(self) -> None:
+        """Wait until the polls under way have their answers (or their deadlines passed)."""
         await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
 
     async def _run(self) -> None:
         while True:
             self._start_polls()
-            await asyncio.sleep(self.config.monitor_poll_interval.total_seconds())
+            interval = self.config.monitor_poll_interval.total_seconds()
+            await sleep_until(self.clock, self.clock.monotonic() + interval)
 
     def _start_polls(self) -> None:
         config = self.config
@@ -168,8 +178,7 @@ class Poller:
         self, key: tuple[str, str], fetch: Callable[[], Awaitable[Any]], timeout: float
     ) -> None:
         try:
-            # The RPCs carry the same deadline; this one also bounds connecting.
-            answer = await asyncio.wait_for(fetch(), timeout + 0.5)
+            answer = await within(self.clock, timeout + CONNECT_MARGIN, fetch())
         except TimeoutError:
             self._record_failure(key, f"no answer within {timeout:g}s")
         except LifeboatError as error:
@@ -183,7 +192,7 @@ class Poller:
             previous = self._get(key)
             if previous.polled and not previous.reachable:
                 log.info("%s answers again", _describe(key))
-            self._polled[key] = previous.succeeded(answer, clock.now())
+            self._polled[key] = previous.succeeded(answer, self.clock.now())
 
     def _record_failure(self, key: tuple[str, str], error: str) -> None:
         if not _is_current(key, self.config):

@@ -8,7 +8,8 @@ import datetime as dt
 
 import grpc
 
-from lifeboat import client, clock, convert
+from lifeboat import client, convert
+from lifeboat.clock import SYSTEM, Clock
 from lifeboat.config import HostConfig
 from lifeboat.security import ClientIdentity
 from lifeboat.sla import Damage
@@ -117,10 +118,12 @@ def _unimplemented(error: grpc.aio.AioRpcError) -> bool:
 
 
 class GrpcSource:
-    """Asks the daemons over one reused channel per address."""
+    """Asks the daemons over one reused channel per address; a running restore's elapsed
+    time is counted on `clock`."""
 
-    def __init__(self, identity: ClientIdentity | None = None) -> None:
+    def __init__(self, identity: ClientIdentity | None = None, clock: Clock = SYSTEM) -> None:
         self.identity = identity
+        self.clock = clock
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def _channel(self, address: str) -> grpc.aio.Channel:
@@ -153,7 +156,7 @@ class GrpcSource:
                 timeout,
             ),
         )
-        return restored_observation(estimates, operations, clock.now())
+        return restored_observation(estimates, operations, self.clock.now())
 
     async def _estimates(
         self, peer: str, channel: grpc.aio.Channel, timeout: float

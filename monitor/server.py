@@ -6,6 +6,7 @@ import asyncio
 
 from lifeboat import config as config_module
 from lifeboat.bootstrap import GrpcDaemon, ServiceSpec
+from lifeboat.clock import SYSTEM, Clock
 from lifeboat.security import daemon_identity, guard_for
 from lifeboat.v1 import monitor_pb2, monitor_pb2_grpc
 from monitor.core import Monitor
@@ -14,17 +15,21 @@ from monitor.service import MonitorServicer
 
 
 def build(
-    config: config_module.Config, listen: str, http_listen: str | None = None
+    config: config_module.Config,
+    listen: str,
+    http_listen: str | None = None,
+    clock: Clock = SYSTEM,
 ) -> tuple[GrpcDaemon, Monitor]:
-    """The daemon and the monitor, not yet started; tests start them on port 0.
+    """The daemon and the monitor, not yet started; tests start them on port 0 (and may
+    give them a clock they turn by hand).
 
     Start the daemon, then `await monitor.start()` (HTTP and polling); stopping the
     daemon stops the monitor.
     """
     section = config.monitor_security
     guard = guard_for(config, section, listen, ("monitor.listen", config.monitor_listen))
-    source = GrpcSource(daemon_identity(config, section))
-    monitor = Monitor(config, source, http_listen or config.monitor_http)
+    source = GrpcSource(daemon_identity(config, section), clock)
+    monitor = Monitor(config, source, http_listen or config.monitor_http, clock)
     servicer = MonitorServicer(monitor)
     path = config.path
 

@@ -36,7 +36,7 @@ from restored.worker import RestoreRequest, RestoreSettings, RestoreWorker, Revi
 from tests.support.harness import Harness
 from tests.support.images import flip_byte
 from tests.test_backupd_worker import job_for, source_file
-from tests.test_monitor_service import Fleet
+from tests.test_monitor_service import Fleet, shared_fake_clock
 
 MiB = 1024 * 1024
 OTHER_ID = "20200101T000000Z-0000"
@@ -290,8 +290,10 @@ async def test_last_follows_distrust_by_a_restore(host: Host) -> None:
 # --- through the real daemons' gRPC ------------------------------------------------------
 
 
-async def test_damage_over_grpc_is_a_warning_of_one_job(tmp_path: Path) -> None:
-    fleet = Fleet(tmp_path)
+async def test_damage_over_grpc_is_a_warning_of_one_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = Fleet(tmp_path, shared_fake_clock(monkeypatch))
     try:
         for host in ("backup01", "backup02"):
             await fleet.start_backupd(host)

@@ -1,14 +1,20 @@
-"""The monitor's minimal HTTP/1.1 server over real sockets (monitor.http)."""
+"""The monitor's minimal HTTP/1.1 server over real sockets (monitor.http); its idle timeout
+and `Date` header on a clock the test turns by hand (tests.support.clock)."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import AsyncIterator, Mapping
 
 import pytest
 
 from lifeboat.errors import InvalidArgument, NotFound
-from monitor.http import HttpServer, Response
+from monitor.http import IDLE_TIMEOUT, HttpServer, Response
+from tests.support.clock import FakeClock
+
+START = dt.datetime(2026, 11, 26, 19, 32, tzinfo=dt.UTC)
+EARLY = 0.25  # before a due time (a binary fraction: exact sums)
 
 
 def echo(query: Mapping[str, str]) -> Response:
@@ -127,3 +133,33 @@ async def test_listen_failure_names_the_address(server: HttpServer) -> None:
     taken = HttpServer(f"127.0.0.1:{server.port}", {})
     with pytest.raises(Exception, match=f"127.0.0.1:{server.port}"):
         await taken.start()
+
+
+async def test_an_idle_connection_is_closed_after_the_idle_timeout() -> None:
+    fake = FakeClock(START)
+    http = HttpServer("127.0.0.1:0", {"/echo": echo}, fake)
+    await http.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", http.port)
+    try:
+        writer.write(b"GET /echo?a=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert b"\r\nDate: Thu, 26 Nov 2026 19:32:00 GMT\r\n" in head
+        assert await reader.readexactly(5) == b"a=1;\n"
+
+        # The connection is the only task sleeping on this clock: a turn ends once it
+        # sleeps again, waiting for the next request, so it was not closed.
+        await fake.turn(IDLE_TIMEOUT - EARLY, 1)
+        writer.write(b"GET /echo?a=2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert b"\r\nDate: Thu, 26 Nov 2026 19:32:29 GMT\r\n" in head
+        assert await reader.readexactly(5) == b"a=2;\n"
+
+        # Idle time counts from the latest request.
+        await fake.turn(IDLE_TIMEOUT - EARLY, 1)
+        fake.advance(EARLY)
+        async with asyncio.timeout(5):
+            assert await reader.read() == b"", "closed by the server"
+    finally:
+        writer.close()
+        await writer.wait_closed()
+        await http.stop()

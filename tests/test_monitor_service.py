@@ -1,16 +1,17 @@
 """MonitorService, /check, /metrics, check_lifeboat and `lifeboat status` against real
 in-process backupd and restored servers (real revisions, real gRPC on real sockets).
 
-The scheduler is being built concurrently; a stand-in SchedulerService (real gRPC,
-answering ListJobs only) supplies next run times here. Time moves by patching
-`lifeboat.clock.now`, which every daemon in this process reads.
+A stand-in SchedulerService (real gRPC, answering ListJobs only) supplies next run
+times here. The monitor runs on a clock the test turns by hand (tests.support.clock), and
+so does `lifeboat.clock.now`, which the in-process daemons read: polls happen when the
+clock passes a poll interval, not before, and no test sleeps to let time pass. RPCs and
+backups themselves run in real time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime as dt
 import os
 import random
@@ -45,11 +46,17 @@ from lifeboat.v1 import (
 )
 from monitor import check as check_plugin
 from monitor.core import Monitor
+from monitor.poller import CONNECT_MARGIN
+from tests.support.clock import FakeClock
 from tests.support.images import flip_byte
 from tests.support.processes import BIN, free_port
+from tests.support.waiting import until
 
+S = dt.timedelta(seconds=1)
 H = dt.timedelta(hours=1)
-POLL_INTERVAL = 0.2
+POLL = S  # the config's poll-interval
+POLL_LOOP = 1  # the one task of the monitor that sleeps on the clock between polls
+EARLY = dt.timedelta(seconds=0.25)  # before a due time (a binary fraction: exact sums)
 NEXT_RUN = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 JOBS = {"vm-db01": "backup01", "vm-mail": "backup02", "vm-web01": "backup01"}
 
@@ -74,22 +81,29 @@ class StandInScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
 
 
 class SlowBackupService(backup_pb2_grpc.BackupServiceServicer):
-    """A backupd that takes far longer than the monitor's deadline to answer."""
+    """A backupd that never answers; `asked` is set once the monitor asked it."""
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
 
     async def ListJobStatuses(
         self, request: backup_pb2.ListJobStatusesRequest, context: grpc.aio.ServicerContext
     ) -> backup_pb2.ListJobStatusesResponse:
-        await asyncio.sleep(30)
-        return backup_pb2.ListJobStatusesResponse()
+        self.asked.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
 
     async def GetHostStatus(
         self, request: backup_pb2.GetHostStatusRequest, context: grpc.aio.ServicerContext
     ) -> backup_pb2.GetHostStatusResponse:
-        await asyncio.sleep(30)
-        return backup_pb2.GetHostStatusResponse()
+        self.asked.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
 
 
-def write_config(tmp_path: Path, ports: dict[str, int], hosts: tuple[str, ...]) -> Path:
+def write_config(
+    tmp_path: Path, ports: dict[str, int], hosts: tuple[str, ...], poll_interval: dt.timedelta
+) -> Path:
     host_lines = "".join(
         f"  {h}: {{backupd: 127.0.0.1:{ports[h + '.backupd']}, "
         f"restored: 127.0.0.1:{ports[h + '.restored']}, base-dir: {tmp_path}/{h}}}\n"
@@ -104,7 +118,7 @@ def write_config(tmp_path: Path, ports: dict[str, int], hosts: tuple[str, ...]) 
         f"global: {{base-dir: {tmp_path}/repo}}\n"
         f"scheduler: {{listen: 127.0.0.1:{ports['scheduler']}}}\n"
         f"monitor: {{listen: 127.0.0.1:{ports['monitor']}, http: 127.0.0.1:{ports['http']}, "
-        "poll-interval: 1s}\n"
+        f"poll-interval: {poll_interval.total_seconds():g}s}}\n"
         f"hosts:\n{host_lines}"
         "schedules: {default: {hourly: {interval: 1h, keep: 24}, daily: {interval: 1d, keep: 7}}}\n"
         f"jobs:\n{job_lines}"
@@ -113,18 +127,22 @@ def write_config(tmp_path: Path, ports: dict[str, int], hosts: tuple[str, ...]) 
 
 
 class Fleet:
-    """Real backupd and restored per host, a stand-in scheduler and the monitor, in-process."""
+    """Real backupd and restored per host, a stand-in scheduler and the monitor, in-process,
+    on one fake clock."""
 
-    def __init__(self, tmp_path: Path, hosts: tuple[str, ...] = ("backup01", "backup02")) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        fake: FakeClock,
+        hosts: tuple[str, ...] = ("backup01", "backup02"),
+        poll_interval: dt.timedelta = POLL,
+    ) -> None:
         self.tmp_path = tmp_path
+        self.clock = fake
         names = [f"{h}.{d}" for h in hosts for d in ("backupd", "restored")]
         self.ports = {name: free_port() for name in [*names, "scheduler", "monitor", "http"]}
-        self.config_path = write_config(tmp_path, self.ports, hosts)
-        # Faster than a config may say (1s at least), to keep the tests short.
-        self.config = dataclasses.replace(
-            config_module.load(str(self.config_path)),
-            monitor_poll_interval=dt.timedelta(seconds=POLL_INTERVAL),
-        )
+        self.config_path = write_config(tmp_path, self.ports, hosts, poll_interval)
+        self.config = config_module.load(str(self.config_path))
         self.daemons: dict[str, GrpcDaemon] = {}
         self.monitor: Monitor | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -160,7 +178,9 @@ class Fleet:
         await self.daemons["scheduler"].start()
 
     async def start_monitor(self) -> Monitor:
-        daemon, self.monitor = monitor.server.build(self.config, self.address("monitor"))
+        daemon, self.monitor = monitor.server.build(
+            self.config, self.address("monitor"), clock=self.clock
+        )
         self.daemons["monitor"] = daemon
         await daemon.start()
         await self.monitor.start()
@@ -182,8 +202,30 @@ class Fleet:
         return self._channels[name]
 
     async def poll(self) -> None:
+        """Poll every daemon now, whatever the clock says."""
         assert self.monitor is not None
         await self.monitor.poller.poll_once()
+
+    async def answered(self, *daemons: str) -> None:
+        """Wait until each daemon (named as in `ports`) answered a poll or failed one."""
+        assert self.monitor is not None
+        poller = self.monitor.poller
+
+        def polled(daemon: str) -> bool:
+            snapshot = poller.snapshot()
+            if daemon == "scheduler":
+                return snapshot.scheduler.polled
+            host, kind = daemon.split(".")
+            return bool(getattr(snapshot.hosts[host], kind).polled)
+
+        await until(lambda: all(polled(daemon) for daemon in daemons), f"polls of {daemons}")
+
+    async def turn(self, by: dt.timedelta) -> None:
+        """Move the clock on, let the poller start the polls that time asks for, and wait
+        for their answers (real RPCs, each ending by its own real deadline at the latest)."""
+        assert self.monitor is not None
+        await self.clock.turn(by.total_seconds(), POLL_LOOP)
+        await self.monitor.poller.polls_ended()
 
     async def check(self, job: str = "", host: str = "") -> monitor_pb2.CheckSlaResponse:
         stub = monitor_pb2_grpc.MonitorServiceStub(self.channel("monitor"))
@@ -223,9 +265,21 @@ class Fleet:
         return self.config.hosts[JOBS[job]].base_dir / job / revision_id
 
 
+def shared_fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """A clock for the monitor, also the in-process daemons' `clock.now` (revision times)."""
+    fake = FakeClock(clock.now().replace(microsecond=0))
+    monkeypatch.setattr(clock, "now", fake.now)
+    return fake
+
+
 @pytest.fixture
-async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
-    running = Fleet(tmp_path)
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    return shared_fake_clock(monkeypatch)
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path, fake: FakeClock) -> AsyncIterator[Fleet]:
+    running = Fleet(tmp_path, fake)
     try:
         for host in ("backup01", "backup02"):
             await running.start_backupd(host)
@@ -238,17 +292,10 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
         await running.stop_all()
 
 
-def shift_clock(monkeypatch: pytest.MonkeyPatch, by: dt.timedelta) -> None:
-    real = clock.now
-    monkeypatch.setattr(clock, "now", lambda: real() + by)
-
-
 # -- MonitorService ----------------------------------------------------------------------
 
 
-async def test_check_follows_backups_and_time(
-    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_check_follows_backups_and_time(fleet: Fleet) -> None:
     waiting = await fleet.check()
     assert waiting.state == resources_pb2.SLA_STATE_OK, waiting.summary
     assert waiting.summary == "LIFEBOAT OK - 3 of 3 jobs within SLA"
@@ -264,8 +311,7 @@ async def test_check_follows_backups_and_time(
 
     # Past every grace: vm-db01's first hourly slot comes within 1h of the start, its
     # window is 1h30m, so 3h is beyond it whatever the wall clock says.
-    shift_clock(monkeypatch, 3 * H)
-    await fleet.poll()
+    await fleet.turn(3 * H)
     late = await fleet.check()
     assert (late.state, late.exit_code) == (resources_pb2.SLA_STATE_CRITICAL, 2)
     assert late.summary == (
@@ -276,15 +322,16 @@ async def test_check_follows_backups_and_time(
 
 
 async def test_report_fields(fleet: Fleet) -> None:
+    backed_up = fleet.clock.now()
     done = await fleet.backup("vm-web01")
-    await fleet.poll()
+    await fleet.turn(90 * S)
     report = await fleet.report()
     assert [j.job for j in report.jobs] == ["vm-db01", "vm-mail", "vm-web01"]
     web = report.jobs[2]
     assert (web.host, web.state) == ("backup01", resources_pb2.SLA_STATE_OK)
     assert web.sla_window.ToTimedelta() == 1.5 * H
-    assert web.last_good_time.ToDatetime(dt.UTC) <= clock.now()
-    assert web.last_good_age.ToTimedelta() < dt.timedelta(minutes=1)
+    assert web.last_good_time.ToDatetime(dt.UTC) == backed_up
+    assert web.last_good_age.ToTimedelta() == 90 * S
     assert web.next_run_time.ToDatetime(dt.UTC) == NEXT_RUN
     assert web.revision_count == 1 and web.bytes_used > 0
     assert web.reason.startswith("last good ")
@@ -297,7 +344,7 @@ async def test_report_fields(fleet: Fleet) -> None:
     for host in report.hosts:
         assert host.reachable and not host.error, host.error
         assert 0 < host.free_bytes <= host.total_bytes
-        assert host.data_age.ToTimedelta() < dt.timedelta(seconds=5)
+        assert host.data_age.ToTimedelta() == dt.timedelta(0), "polled as the clock turned"
     assert report.scheduler.reachable
     assert report.scheduler.address == fleet.address("scheduler")
 
@@ -389,26 +436,39 @@ async def test_restored_down_puts_restores_in_doubt(fleet: Fleet) -> None:
     assert not report.hosts[0].reachable and "restored" in report.hosts[0].error
 
 
-async def test_polls_in_the_background_within_two_intervals(fleet: Fleet) -> None:
+async def test_polls_in_the_background_every_interval(fleet: Fleet) -> None:
     for job in JOBS:
         await fleet.backup(job)
-    deadline = time.monotonic() + 5
-    while (await fleet.check()).state != resources_pb2.SLA_STATE_OK:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+    await fleet.turn(POLL - EARLY)
+    report = await fleet.report()
+    assert {j.reason for j in report.jobs} == {"waiting for first backup"}, "not polled yet"
+    await fleet.turn(EARLY)
+    report = await fleet.report()
+    assert all(j.reason.startswith("last good ") for j in report.jobs), report.jobs
+
     await fleet.stop("backup01.backupd")
-    stopped = time.monotonic()
-    while (await fleet.check(host="backup01")).state != resources_pb2.SLA_STATE_UNKNOWN:
-        await asyncio.sleep(0.02)
-        assert time.monotonic() - stopped < 2 * POLL_INTERVAL + 0.5
+    await fleet.turn(dt.timedelta(0))
+    assert (await fleet.check(host="backup01")).state == resources_pb2.SLA_STATE_OK
+    await fleet.turn(POLL)
+    assert (await fleet.check(host="backup01")).state == resources_pb2.SLA_STATE_UNKNOWN
+
     await fleet.start_backupd("backup01")
+    # The monitor's channel reconnects after grpc's reconnect backoff (real time, at most
+    # 2s); the poll after that sees the host again.
+    deadline = time.monotonic() + 5
     while (await fleet.check(host="backup01")).state != resources_pb2.SLA_STATE_OK:
+        assert time.monotonic() < deadline, "a backupd that comes back is seen again"
         await asyncio.sleep(0.05)
-        assert time.monotonic() - stopped < 5, "a backupd that comes back is seen again"
+        await fleet.turn(POLL)
 
 
-async def test_slow_host_never_blocks_a_check(tmp_path: Path) -> None:
-    running = Fleet(tmp_path, hosts=("backup01", "backup02"))
+# Longer than the test runs, so only the poller's own deadline, on the fake clock, can end
+# a poll of the slow host: the RPC's real deadline (the poll interval as well) never comes.
+SLOW_POLL = dt.timedelta(minutes=5)
+
+
+async def test_slow_host_never_blocks_a_check(tmp_path: Path, fake: FakeClock) -> None:
+    running = Fleet(tmp_path, fake, hosts=("backup01", "backup02"), poll_interval=SLOW_POLL)
     try:
         await running.start_backupd("backup01")
         await running.start_restored("backup01")
@@ -423,16 +483,38 @@ async def test_slow_host_never_blocks_a_check(tmp_path: Path) -> None:
         await slow.start()
         await running.start_scheduler()
         await running.start_monitor()
-        await asyncio.sleep(2 * POLL_INTERVAL)  # polls of backup02 are now under way
+        # The poll of backup02 is under way, and never ends; the others' are real RPCs:
+        # their answers must be in before the clock moves past their deadlines.
+        await until(servicer.asked.is_set, "the monitor to ask backup02")
+        others = ("scheduler", "backup01.backupd", "backup01.restored", "backup02.restored")
+        await running.answered(*others)
+
         started = time.monotonic()
         answer = await running.check()
-        assert time.monotonic() - started < 0.8, "a check never waits for a poll (deadline 1s)"
+        # A check that waited for that poll would never have answered; a generous guard on
+        # top, since a check is about wall time.
+        assert time.monotonic() - started < 5, "a check never waits for a poll"
         assert answer.state == resources_pb2.SLA_STATE_UNKNOWN
         assert "vm-mail (no data from host backup02)" in answer.summary
-        await asyncio.sleep(1.6)  # the deadline: max(poll interval, 1s), plus a margin
+        assert (await running.check(host="backup01")).state == resources_pb2.SLA_STATE_OK
+
+        # The poller gives up at its deadline (the poll interval, plus the margin for
+        # connecting), not before; the next interval's polls of the others go on meanwhile.
+        given_up = SLOW_POLL + CONNECT_MARGIN * S
+        # (Not running.turn: it would wait for every poll under way, backup02's too.)
+        await running.clock.turn((given_up - EARLY).total_seconds(), POLL_LOOP)
         report = await running.report(host="backup02")
-        assert "no answer within 1s" in report.hosts[0].error
+        assert (report.hosts[0].reachable, report.hosts[0].error) == (False, "not polled yet")
+        assert report.jobs[0].reason == "no data about the host"
+        await running.turn(EARLY)
+        report = await running.report(host="backup02")
+        seconds = SLOW_POLL.total_seconds()
+        assert report.hosts[0].error.endswith(f"no answer within {seconds:g}s")
         assert report.jobs[0].state == resources_pb2.SLA_STATE_UNKNOWN
+        backup01 = await running.report(host="backup01")
+        # Polled as the interval passed, while backup02's poll hung (its answer arrived in
+        # real time, before or after the last turn).
+        assert backup01.hosts[0].reachable and backup01.hosts[0].data_age.ToTimedelta() <= EARLY
         assert (await running.check(host="backup01")).state == resources_pb2.SLA_STATE_OK
     finally:
         await running.stop_all()
@@ -446,10 +528,11 @@ async def test_reload_keeps_known_since_and_adds_jobs(fleet: Fleet) -> None:
         f"jobs:\n  vm-new: {{host: backup02, schedule: default, source: {{type: file, path: {fleet.tmp_path}/new.raw}}}}\n",
     )
     fleet.config_path.write_text(text)
+    await fleet.turn(90 * S)
     await fleet.daemons["monitor"].reload()
     after = fleet.monitor.poller.known_since
     assert {name: after[name] for name in before} == before
-    assert after["vm-new"] > max(before.values())
+    assert after["vm-new"] == fleet.clock.now() == max(before.values()) + 90 * S
     await fleet.poll()
     assert [j.job for j in (await fleet.report(host="backup02")).jobs] == ["vm-mail", "vm-new"]
 
@@ -465,7 +548,7 @@ def http_get(url: str) -> tuple[int, str, str]:
         return error.code, error.headers["Content-Type"], error.read().decode()
 
 
-async def test_http_check_and_metrics(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_http_check_and_metrics(fleet: Fleet) -> None:
     base = f"http://{fleet.address('http')}"
     await fleet.backup("vm-web01")
     await fleet.poll()
@@ -488,8 +571,7 @@ async def test_http_check_and_metrics(fleet: Fleet, monkeypatch: pytest.MonkeyPa
     assert 'lifeboat_job_last_good_timestamp_seconds{job="vm-web01"' in body
     assert 'lifeboat_host_repository_free_bytes{host="backup01"} ' in body
 
-    shift_clock(monkeypatch, 2 * H)
-    await fleet.poll()
+    await fleet.turn(2 * H)
     status, _, body = await asyncio.to_thread(http_get, f"{base}/check")
     assert status == 503 and body.startswith("LIFEBOAT CRITICAL - ")
 
@@ -530,8 +612,7 @@ async def test_check_lifeboat(
         "LIFEBOAT UNKNOWN - 1 unknown: vm-mail (host backup02 unreachable)",
     )
 
-    shift_clock(monkeypatch, 2 * H)
-    await fleet.poll()
+    await fleet.turn(2 * H)
     code, out = await asyncio.to_thread(run_plugin, ["-H", address, "--host", "backup01"], capsys)
     assert (code, out.split(" |")[0]) == (
         2,
