@@ -42,7 +42,7 @@ def host_daemon(
     async def reload() -> None:
         new = await asyncio.to_thread(config_module.load, path)
         await asyncio.to_thread(apply, new)
-        daemon.reload_security(new)
+        await asyncio.to_thread(daemon.reload_security, new)
 
     async def stop() -> None:
         await asyncio.to_thread(worker.shutdown)

@@ -36,7 +36,7 @@ def build(
     async def reload() -> None:
         new = await asyncio.to_thread(config_module.load, path)
         monitor.reconfigure(new)
-        daemon.reload_security(new)
+        await asyncio.to_thread(daemon.reload_security, new)
 
     services = [
         ServiceSpec(
