@@ -455,3 +455,36 @@ def test_insecure_true_serves_plaintext_with_a_warning(tmp_path: Path) -> None:
         assert "without authentication (insecure: true in hosts.backup01)" in daemon.log()
     finally:
         fleet.stop_all()
+
+
+async def test_a_reload_applies_new_roles_at_once(tmp_path: Path) -> None:
+    """SIGHUP's path: the daemon re-reads the file; the next call meets the new roles."""
+    from backupd.server import build
+
+    pki = pki_module.make_pki(tmp_path / "tls")
+    port = free_port()
+    plain = {
+        "global": {"base-dir": str(tmp_path / "repo")},
+        "hosts": {HOST: {"backupd": f"127.0.0.1:{port}", "restored": f"127.0.0.1:{free_port()}"}},
+    }
+    config_path = tmp_path / "lifeboat.yaml"
+    document = pki_module.merge(plain, pki.config())
+    config_path.write_text(yaml.safe_dump(document))
+    daemon, _ = build(config_module.load(str(config_path)), HOST, f"127.0.0.1:{port}")
+    await daemon.start()
+    request = backup_pb2.DeleteJobDataRequest(job="vm-gone", confirm_job="vm-gone")
+    try:
+        async with client.aio_channel(f"127.0.0.1:{port}", pki.identity(OPERATOR)) as channel:
+            stub = backup_pb2_grpc.BackupServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.DeleteJobData(request, timeout=5)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+            document["global"]["access"]["admin"] = [ADMIN, OPERATOR]
+            config_path.write_text(yaml.safe_dump(document))
+            await daemon.reload()
+            with pytest.raises(grpc.aio.AioRpcError) as answered:
+                await stub.DeleteJobData(request, timeout=5)
+            assert answered.value.code() == grpc.StatusCode.NOT_FOUND  # admitted, no such job
+    finally:
+        await daemon.stop(grace=1)
