@@ -56,10 +56,12 @@ def _identity(
         raise ConfigError(config_path, ca_key, "required to use a client certificate")
     if tls is None:
         raise ConfigError(config_path, tls_key, "required when global.tls is set")
+    # `client.tls` names `client.tls.cert`; the command line's `--tls` names `--tls-cert`.
+    join = "-" if tls_key.startswith("--") else "."
     return ClientIdentity(
         ca=_read(config_path, ca_key, ca),
-        cert=_read(config_path, f"{tls_key}.cert", tls.cert),
-        key=_read(config_path, f"{tls_key}.key", tls.key),
+        cert=_read(config_path, f"{tls_key}{join}cert", tls.cert),
+        key=_read(config_path, f"{tls_key}{join}key", tls.key),
     )
 
 
