@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 
+# Job, host, schedule and tag names: safe as directory names.
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+MAX_NAME_LENGTH = 64
 MAX_TAG_LENGTH = 64
 MAX_TAGS = 32
 MIN_DURATION = dt.timedelta(seconds=1)
@@ -31,6 +35,17 @@ def clip(value: object, limit: int = ECHO_LIMIT) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(str(value))} characters)"
+
+
+def name_problem(name: str, limit: int = MAX_NAME_LENGTH) -> str | None:
+    """Why `name` cannot be a job, host, schedule or tag name, or None."""
+    if not name:
+        return "must be a non-empty string"
+    if len(name) > limit:
+        return f"longer than {limit} characters"
+    if not NAME.fullmatch(name):
+        return "may hold letters, digits, '.', '_', '-' and not start with '.' or '-'"
+    return None
 
 
 def duration_problem(value: dt.timedelta) -> str | None:

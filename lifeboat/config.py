@@ -41,10 +41,8 @@ DEFAULT_FREEZE_TIMEOUT = dt.timedelta(minutes=5)
 DEFAULT_RESTORE_LIMIT = 32
 DEFAULT_STREAM_LIMIT = 64
 DEFAULT_STREAM_IDLE_TIMEOUT = dt.timedelta(seconds=60)
-MAX_NAME_LENGTH = 64
 MAX_CERTIFICATE_NAME = 255
 
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _DURATION_PART = re.compile(r"(\d+)([smhdw])")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 # A YAML error repeats a line of the document; enough of it to find the place.
@@ -182,16 +180,13 @@ def format_duration(value: dt.timedelta) -> str:
     return text or "0s"
 
 
-def check_name(name: object, path: str, key: str, limit: int = MAX_NAME_LENGTH) -> str:
+def check_name(name: object, path: str, key: str, limit: int = bounds.MAX_NAME_LENGTH) -> str:
     """A job, host, schedule or tag name: safe as a directory name."""
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str):
         raise ConfigError(path, key, "name must be a non-empty string")
-    if len(name) > limit:
-        raise ConfigError(path, key, f"name longer than {limit} characters")
-    if not _NAME_PATTERN.match(name) or name in (".", ".."):
-        raise ConfigError(
-            path, key, "name may hold letters, digits, '.', '_', '-' and not start with '.' or '-'"
-        )
+    problem = bounds.name_problem(name, limit)
+    if problem is not None:
+        raise ConfigError(path, key, f"name {problem}")
     return name
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from lifeboat import clock
-from lifeboat.bounds import clip
+from lifeboat.bounds import clip, name_problem
 from lifeboat.clone import clone_file
 from lifeboat.errors import (
     AlreadyExists,
@@ -54,7 +54,6 @@ from lifeboat.revision import (
 
 log = logging.getLogger(__name__)
 
-JOB_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 REVISION_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{4}")
 _REVISION_FILE = re.compile(r"\.?(\d{8}T\d{6}Z-[0-9a-f]{4})(?:\.sums|\.rev)?(?:\.tmp)?")
 _ID_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -74,7 +73,7 @@ LOG_FILE = "log"
 
 def validate_job_name(name: str) -> str:
     """`name` if it can be a job directory: 1-64 of [A-Za-z0-9._-], not starting with . or -."""
-    if not isinstance(name, str) or not JOB_NAME.fullmatch(name):
+    if not isinstance(name, str) or name_problem(name) is not None:
         raise InvalidArgument(
             "job",
             f"{clip(name)} is not a job name (1-64 letters, digits, '.', '_', '-'; "
@@ -463,7 +462,7 @@ class Repository:
         return sorted(
             entry.name
             for entry in entries
-            if JOB_NAME.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)
+            if name_problem(entry.name) is None and entry.is_dir(follow_symlinks=False)
         )
 
 

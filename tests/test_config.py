@@ -134,6 +134,9 @@ def test_backy_config_loads_as_is() -> None:
             {"jobs/.hidden": {"schedule": "default"}}, "jobs..hidden", "name", id="leading-dot"
         ),
         pytest.param(
+            {"jobs/vm-a\n": {"schedule": "default"}}, "jobs.vm-a\n", "name", id="trailing-newline"
+        ),
+        pytest.param(
             {"jobs/" + "x" * 65: {"schedule": "default"}},
             "jobs." + "x" * 65,
             "longer",
